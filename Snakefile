@@ -1,0 +1,20 @@
+# ffnflow: flood-filling network reconstruction of neurons in EM volumes.
+# Stages: seeds -> FFN segmentation -> evaluation. See README.md.
+
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/seeds.smk"
+include: "rules/segment.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        all_outputs(),

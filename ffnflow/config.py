@@ -1,0 +1,103 @@
+"""Workflow configuration: validation against ``schemas/config.schema.yaml`` with defaults.
+
+The schema is the single description of every key; :func:`validate_config` fills in its
+``default`` values (also inside each dataset) and raises :class:`InputError` naming the
+offending key for unknown keys, wrong types and bad values.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ffnflow.errors import InputError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The configuration JSON schema (a dict)."""
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(instance: Any, schema: dict[str, Any]) -> None:
+    """Recursively set missing ``default`` values of object properties, in place."""
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value, extra)
+
+
+def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate ``config`` and return a copy with defaults filled in."""
+    schema = schema or load_schema()
+    if not isinstance(config, dict):
+        raise InputError(f"config: expected a mapping, got {type(config).__name__}")
+    filled = copy.deepcopy(config)
+    _fill_defaults(filled, schema)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"config key {key}: {err.message}")
+        raise InputError("invalid configuration:\n  " + "\n  ".join(lines))
+    return filled
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {path}: not found")
+    with open(path) as fh:
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"config file {path}: not valid YAML ({exc})") from exc
+    return validate_config(raw)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One entry of ``datasets``: volume specs, voxel size (nm, z, y, x), normalisation."""
+
+    name: str
+    raw: str
+    resolution_nm: tuple[float, float, float]
+    image_mean: float
+    image_stddev: float
+    labels: str | None = None
+    mask: str | None = None
+
+
+def dataset_config(config: dict[str, Any], name: str) -> DatasetConfig:
+    """The validated ``datasets.NAME`` entry of ``config``."""
+    datasets = config.get("datasets", {})
+    if name not in datasets:
+        raise InputError(f"config key datasets.{name}: no such dataset (have {sorted(datasets)})")
+    d = datasets[name]
+    return DatasetConfig(
+        name=name,
+        raw=d["raw"],
+        resolution_nm=tuple(float(v) for v in d["resolution_nm"]),
+        image_mean=float(d.get("image_mean", 128)),
+        image_stddev=float(d.get("image_stddev", 33)),
+        labels=d.get("labels"),
+        mask=d.get("mask"),
+    )

@@ -1,0 +1,1 @@
+"""Flood-filling network: model, forward-pass predictor, canvas and movement policy."""

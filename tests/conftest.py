@@ -1,0 +1,44 @@
+"""Shared fixtures: paths to the repository, the shared FIB-25 data and tiny volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+GOOGLE_NPZ = SHARED_DATA / "ffn_fib25_google.npz"
+GOOGLE_CROP = SHARED_DATA / "google_ffn_crop.h5"
+FIB25_TRAIN = SHARED_DATA / "fib25_s2_train.h5"
+DEFAULT_CHECKPOINT = REPO / "models" / "ffn_fib25_google.pt"
+
+
+def needs_shared(*paths: Path):
+    missing = [str(p) for p in paths if not p.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"shared data missing: {missing}")
+
+
+@pytest.fixture
+def tiny_em(tmp_path: Path) -> Path:
+    """A 48^3 crop of real FIB-25 EM with labels, from the bundled demo volume."""
+    import h5py
+
+    from ffnflow.volumes import write_volume
+
+    with h5py.File(REPO / "data" / "demo.h5", "r") as f:
+        raw = f["raw"][:48, :48, :48]
+        labels = f["labels"][:48, :48, :48]
+    path = tmp_path / "tiny.h5"
+    write_volume(f"{path}:raw", raw, (10, 10, 10))
+    write_volume(f"{path}:labels", labels, (10, 10, 10), "segmentation")
+    return path
+
+
+def tube_image(shape=(40, 40, 40), radius=3) -> tuple[np.ndarray, np.ndarray]:
+    """A bright tube along z through the middle of a dark volume: (image, tube mask)."""
+    z, y, x = np.indices(shape)
+    cy, cx = shape[1] // 2, shape[2] // 2
+    tube = (y - cy) ** 2 + (x - cx) ** 2 <= radius**2
+    return np.where(tube, 1.0, -1.0).astype(np.float32), tube
