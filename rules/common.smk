@@ -1,5 +1,7 @@
 # Helpers shared by all rules: validated config, dataset names and per-stage paths.
 
+import os
+
 from ffnflow.config import validate_config
 
 config.update(validate_config(config))
@@ -30,5 +32,29 @@ def all_outputs():
     return outputs
 
 
+def workflow_path(path):
+    """A relative path from the config: as given if it exists, else inside the workflow."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(workflow.basedir, path)
+
+
+config["ffn"]["checkpoint"] = workflow_path(config["ffn"]["checkpoint"])
+
+
 def ffn_checkpoint(wildcards):
     return config["ffn"]["checkpoint"]
+
+
+def results_summary():
+    """Where the results of this run are, for the message at the end of a run."""
+    lines = ["", "ffnflow results:"]
+    for name in DATASETS:
+        for file in ("segmentation.h5", "metrics.json", "seeds.csv", "ffn_counters.json"):
+            if os.path.exists(result(name, file)):
+                lines.append(f"  {os.path.abspath(result(name, file))}")
+    return "\n".join(lines)
+
+
+onsuccess:
+    print(results_summary())

@@ -1,0 +1,105 @@
+"""Every bad input gives one clear error naming the input, and leaves no output behind."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from ffnflow.config import validate_config
+from ffnflow.errors import InputError
+from ffnflow.ffn.model import ConvStack3D, ModelArch, save_checkpoint
+from ffnflow.stages import run_evaluate, run_place_seeds, run_segment
+from ffnflow.seeds import write_seeds_csv
+
+
+def make_config(tmp_path: Path, raw: str, labels: str | None = None, **dataset) -> dict:
+    entry = {"raw": raw, "resolution_nm": [10, 10, 10], **dataset}
+    if labels:
+        entry["labels"] = labels
+    return validate_config({"datasets": {"d": entry}})
+
+
+def h5(tmp_path: Path, name: str, **datasets) -> Path:
+    path = tmp_path / name
+    with h5py.File(path, "w") as f:
+        for key, value in datasets.items():
+            f[key] = value
+    return path
+
+
+def assert_no_outputs(directory: Path) -> None:
+    assert not any(directory.iterdir()), list(directory.iterdir())
+
+
+@pytest.mark.parametrize(
+    "raw_data, spec_suffix, message",
+    [
+        (None, "missing.h5:raw", "missing.h5"),
+        (np.zeros((8, 8, 8), np.uint8), "v.h5:nope", "nope"),
+        (np.zeros((8, 8), np.uint8), "v.h5:raw", "3D"),
+        (np.zeros((8, 8, 8), np.complex64), "v.h5:raw", "dtype"),
+        (np.full((8, 8, 8), np.nan, np.float32), "v.h5:raw", "NaN"),
+    ],
+)
+def test_bad_raw_volume(tmp_path, raw_data, spec_suffix, message):
+    if raw_data is not None:
+        h5(tmp_path, "v.h5", raw=raw_data)
+    spec = f"{tmp_path}/{spec_suffix}"
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=message) as info:
+        run_place_seeds(make_config(tmp_path, spec), "d", out / "seeds.csv")
+    assert spec.split(":")[0] in str(info.value)
+    assert_no_outputs(out)
+
+
+def test_raw_labels_shape_mismatch(tmp_path):
+    path = h5(tmp_path, "v.h5", raw=np.zeros((8, 8, 8), np.uint8), labels=np.zeros((8, 8, 9), np.uint32))
+    cfg = make_config(tmp_path, f"{path}:raw", f"{path}:labels")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"datasets.d.labels .*v.h5:labels.*\(8, 8, 9\)"):
+        run_place_seeds(cfg, "d", out / "seeds.csv")
+    assert_no_outputs(out)
+
+
+def test_resolution_mismatch_with_the_volume_and_the_model(tmp_path):
+    path = tmp_path / "v.h5"
+    with h5py.File(path, "w") as f:
+        f["raw"] = np.zeros((40, 40, 40), np.uint8)
+        f["raw"].attrs["resolution_nm"] = [40, 8, 8]
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"resolution_nm \[10.0, 10.0, 10.0\] differs .*v.h5:raw"):
+        run_place_seeds(make_config(tmp_path, f"{path}:raw"), "d", out / "seeds.csv")
+
+    model = ConvStack3D(ModelArch(depth=1, features=2, fov_size_zyx=(5, 5, 5), deltas_zyx=(2, 2, 2)))
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model, {"image_mean": 128, "image_stddev": 33}, (30, 4, 4))
+    ok = h5(tmp_path, "ok.h5", raw=np.zeros((20, 20, 20), np.uint8))
+    cfg = make_config(tmp_path, f"{ok}:raw")
+    cfg["ffn"]["checkpoint"] = str(ckpt)
+    write_seeds_csv(tmp_path / "seeds.csv", np.array([[10, 10, 10]]))
+    with pytest.raises(InputError, match="differs from FFN checkpoint .*m.pt"):
+        run_segment(cfg, "d", tmp_path / "seeds.csv", out / "ffn.h5", out / "c.json")
+    assert_no_outputs(out)
+
+
+def test_seed_outside_volume_and_evaluation_without_labels(tmp_path):
+    torch.manual_seed(0)
+    model = ConvStack3D(ModelArch(depth=1, features=2, fov_size_zyx=(5, 5, 5), deltas_zyx=(2, 2, 2)))
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model, {"image_mean": 128, "image_stddev": 33}, (10, 10, 10))
+    path = h5(tmp_path, "v.h5", raw=np.zeros((20, 20, 20), np.uint8))
+    cfg = make_config(tmp_path, f"{path}:raw")
+    cfg["ffn"]["checkpoint"] = str(ckpt)
+    write_seeds_csv(tmp_path / "seeds.csv", np.array([[10, 10, 10], [10, 10, 25]]))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"seeds.csv: 1 seeds lie outside"):
+        run_segment(cfg, "d", tmp_path / "seeds.csv", out / "ffn.h5", out / "c.json")
+    with pytest.raises(InputError, match="datasets.d.labels: not configured"):
+        run_evaluate(cfg, "d", f"{path}:raw", out / "metrics.json")
+    assert_no_outputs(out)
