@@ -1,12 +1,15 @@
 """The ``ffnflow`` command line: one subcommand per pipeline stage, shared with scripts/.
 
-Examples::
+Examples (a volume small enough for one block has the block ``z0_y0_x0``)::
 
-    ffnflow place-seeds --config config.yaml --dataset demo --out results/demo/seeds.csv
-    ffnflow segment --config config.yaml --dataset demo --seeds results/demo/seeds.csv \
-        --out results/demo/ffn.h5 --counters results/demo/ffn_counters.json
-    ffnflow evaluate --config config.yaml --dataset demo \
-        --segmentation results/demo/ffn.h5:labels --out results/demo/metrics.json
+    ffnflow blocks --config config.yaml --dataset demo
+    ffnflow place-seeds --config config.yaml --dataset demo --block z0_y0_x0 --out seeds.csv
+    ffnflow segment --config config.yaml --dataset demo --block z0_y0_x0 --seeds seeds.csv \
+        --out block.h5 --counters block_counters.json
+    ffnflow stitch --config config.yaml --dataset demo --block-dir results/demo/blocks \
+        --out ffn.h5 --counters ffn_counters.json --merges merges.json
+    ffnflow evaluate --config config.yaml --dataset demo --segmentation ffn.h5:labels \
+        --out metrics.json
     ffnflow import-google-weights --npz ffn_fib25_google.npz --out models/ffn_fib25_google.pt
 """
 
@@ -17,13 +20,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ffnflow.errors import InputError
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
+def _add_config_args(parser: argparse.ArgumentParser, block: bool = False) -> None:
     parser.add_argument("--config", required=True, help="workflow config YAML")
     parser.add_argument("--dataset", required=True, help="dataset NAME under datasets:")
+    if block:
+        parser.add_argument("--block", default="z0_y0_x0", help="block id (default z0_y0_x0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,16 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-config", help="check a config file and print it with defaults")
     p.add_argument("config")
 
-    p = sub.add_parser("place-seeds", help="place FFN seeds (CSV z,y,x)")
+    p = sub.add_parser("blocks", help="list a dataset's blocks with their write/read ROIs")
     _add_config_args(p)
+
+    p = sub.add_parser("place-seeds", help="place FFN seeds of one block (CSV z,y,x)")
+    _add_config_args(p, block=True)
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("segment", help="flood-fill a dataset from its seeds")
-    _add_config_args(p)
+    p = sub.add_parser("segment", help="flood-fill one block from its seeds")
+    _add_config_args(p, block=True)
     p.add_argument("--seeds", required=True)
     p.add_argument("--out", required=True, help="HDF5 file; dataset 'labels' is written")
     p.add_argument("--counters", required=True, help="JSON file for counters")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+    p = sub.add_parser("stitch", help="stitch block segmentations into one volume")
+    _add_config_args(p)
+    p.add_argument("--block-dir", required=True, help="folder with BLOCK/ffn.h5 per block")
+    p.add_argument("--out", required=True)
+    p.add_argument("--counters", required=True)
+    p.add_argument("--merges", required=True)
 
     p = sub.add_parser("evaluate", help="VI and adapted Rand error against the labels")
     _add_config_args(p)
@@ -60,21 +76,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    # Imported here so that `ffnflow --help` stays fast.
-    from ffnflow import stages
-    from ffnflow.config import load_config
+    # Stage modules are imported here so that `ffnflow --help` stays fast.
+    from ffnflow.config import dataset_config, load_config
 
     if args.command == "validate-config":
         print(json.dumps(load_config(args.config), indent=2))
+    elif args.command == "blocks":
+        from ffnflow.stages.common import block_grid, open_raw
+
+        config = load_config(args.config)
+        grid = block_grid(config, open_raw(dataset_config(config, args.dataset)).shape)
+        for block in grid:
+            print(f"{block.id}\twrite {block.write_roi}\tread {block.read_roi}")
     elif args.command == "place-seeds":
-        stages.run_place_seeds(load_config(args.config), args.dataset, args.out)
+        from ffnflow.stages.seeds import run_place_seeds
+
+        run_place_seeds(load_config(args.config), args.dataset, args.block, args.out)
     elif args.command == "segment":
-        stages.run_segment(
-            load_config(args.config), args.dataset, args.seeds, args.out, args.counters,
-            args.threads,
+        from ffnflow.stages.segment import run_segment
+
+        run_segment(
+            load_config(args.config), args.dataset, args.block, args.seeds, args.out,
+            args.counters, args.threads,
         )
+    elif args.command == "stitch":
+        from ffnflow.stages.common import block_grid, open_raw
+        from ffnflow.stages.stitch import run_stitch
+
+        config = load_config(args.config)
+        grid = block_grid(config, open_raw(dataset_config(config, args.dataset)).shape)
+        files = {b: Path(args.block_dir) / b / "ffn.h5" for b in grid.ids}
+        run_stitch(config, args.dataset, files, args.out, args.counters, args.merges)
     elif args.command == "evaluate":
-        metrics = stages.run_evaluate(load_config(args.config), args.dataset, args.segmentation, args.out)
+        from ffnflow.stages.evaluate import run_evaluate
+
+        metrics = run_evaluate(load_config(args.config), args.dataset, args.segmentation, args.out)
         print(json.dumps(metrics, indent=2))
     elif args.command == "import-google-weights":
         from ffnflow.ffn.model import ConvStack3D, import_google_npz, save_checkpoint

@@ -1,35 +1,14 @@
-# Helpers shared by all rules: validated config, dataset names and per-stage paths.
+# Helpers shared by all rules: validated config, dataset names, block grids, per-stage paths.
 
 import os
 
-from ffnflow.config import validate_config
+from ffnflow.codehash import code_fingerprint
+from ffnflow.config import dataset_config, validate_config
+from ffnflow.stages.common import block_grid, open_raw
 
 config.update(validate_config(config))
 
 DATASETS = sorted(config["datasets"])
-
-
-wildcard_constraints:
-    dataset="|".join(DATASETS) if DATASETS else "$^",
-
-
-def result(dataset, name):
-    """Path of a per-dataset output: results/NAME/<name>."""
-    return f"results/{dataset}/{name}"
-
-
-def has_labels(dataset):
-    return config["datasets"][dataset].get("labels") is not None
-
-
-def all_outputs():
-    """Final outputs of every configured dataset."""
-    outputs = []
-    for name in DATASETS:
-        outputs.append(result(name, "segmentation.h5"))
-        if has_labels(name):
-            outputs.append(result(name, "metrics.json"))
-    return outputs
 
 
 def workflow_path(path):
@@ -42,15 +21,79 @@ def workflow_path(path):
 config["ffn"]["checkpoint"] = workflow_path(config["ffn"]["checkpoint"])
 
 
+def dataset_grid(dataset):
+    """Block grid of a dataset, from its raw volume's shape (read when the workflow is parsed)."""
+    return block_grid(config, open_raw(dataset_config(config, dataset)).shape)
+
+
+BLOCK_IDS = {name: dataset_grid(name).ids for name in DATASETS}
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) if DATASETS else "$^",
+    block=r"z\d+_y\d+_x\d+",
+
+
+def result(dataset, name):
+    """Path of a per-dataset output: results/NAME/<name>."""
+    return f"results/{dataset}/{name}"
+
+
+def block_result(dataset, block, name):
+    """Path of a per-block output: results/NAME/blocks/BLOCK/<name>."""
+    return f"results/{dataset}/blocks/{block}/{name}"
+
+
+def all_blocks(name):
+    """Input function: a per-block file of every block of the dataset."""
+
+    def files(wildcards):
+        return {b: block_result(wildcards.dataset, b, name) for b in BLOCK_IDS[wildcards.dataset]}
+
+    return files
+
+
+def has_labels(dataset):
+    return config["datasets"][dataset].get("labels") is not None
+
+
+def all_outputs():
+    """Final outputs of every configured dataset."""
+    outputs = []
+    for name in DATASETS:
+        outputs += [result(name, "seeds.csv"), result(name, "segmentation.h5")]
+        if has_labels(name):
+            outputs.append(result(name, "metrics.json"))
+    return outputs
+
+
 def ffn_checkpoint(wildcards):
     return config["ffn"]["checkpoint"]
+
+
+def dataset_params(*keys):
+    """Input function: these keys of the dataset's config entry (a rule reruns when they change)."""
+
+    def params(wildcards):
+        entry = config["datasets"][wildcards.dataset]
+        return {key: entry.get(key) for key in keys}
+
+    return params
+
+
+IMAGE_KEYS = ("raw", "mask", "resolution_nm", "image_mean", "image_stddev")
+
+
+def stage_code(stage):
+    """Fingerprint of the library code of a stage module (ffnflow.stages.<stage>)."""
+    return code_fingerprint(f"ffnflow.stages.{stage}")
 
 
 def results_summary():
     """Where the results of this run are, for the message at the end of a run."""
     lines = ["", "ffnflow results:"]
     for name in DATASETS:
-        for file in ("segmentation.h5", "metrics.json", "seeds.csv", "ffn_counters.json"):
+        for file in ("segmentation.h5", "segmentation.precomputed", "metrics.json", "seeds.csv"):
             if os.path.exists(result(name, file)):
                 lines.append(f"  {os.path.abspath(result(name, file))}")
     return "\n".join(lines)

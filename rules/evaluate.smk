@@ -6,6 +6,9 @@ rule evaluate:
         segmentation=result("{dataset}", "segmentation.h5"),
     output:
         metrics=result("{dataset}", "metrics.json"),
+    params:
+        dataset=dataset_params("labels"),
+        code=stage_code("evaluate"),
     log:
         result("{dataset}", "logs/evaluate.log"),
     conda:

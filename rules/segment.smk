@@ -1,17 +1,22 @@
-# Stage 3: FFN flood filling (GPU when available, else CPU).
+# Stage 3: FFN flood filling per block (GPU when available, else CPU), then stitching.
 
 
 rule segment:
     input:
-        seeds=result("{dataset}", "seeds.csv"),
+        seeds=block_result("{dataset}", "{block}", "seeds.csv"),
         checkpoint=ffn_checkpoint,
     output:
-        segmentation=result("{dataset}", "ffn.h5"),
-        counters=result("{dataset}", "ffn_counters.json"),
+        segmentation=block_result("{dataset}", "{block}", "ffn.h5"),
+        counters=block_result("{dataset}", "{block}", "ffn_counters.json"),
+    params:
+        dataset=dataset_params(*IMAGE_KEYS),
+        ffn=config["ffn"],
+        blocks=config["blocks"],
+        code=stage_code("segment"),
     log:
-        result("{dataset}", "logs/segment.log"),
+        block_result("{dataset}", "{block}", "logs/segment.log"),
     benchmark:
-        result("{dataset}", "benchmarks/segment.tsv")
+        block_result("{dataset}", "{block}", "benchmarks/segment.tsv")
     conda:
         "../envs/ffnflow.yaml"
     threads: 2
@@ -22,11 +27,38 @@ rule segment:
         "../scripts/segment.py"
 
 
+rule stitch_blocks:
+    input:
+        unpack(all_blocks("ffn.h5")),
+        seeds=result("{dataset}", "seeds.csv"),
+    output:
+        segmentation=result("{dataset}", "ffn.h5"),
+        counters=result("{dataset}", "ffn_counters.json"),
+        merges=result("{dataset}", "stitch_merges.json"),
+    params:
+        blocks=config["blocks"],
+        code=stage_code("stitch"),
+    log:
+        result("{dataset}", "logs/stitch_blocks.log"),
+    benchmark:
+        result("{dataset}", "benchmarks/stitch_blocks.tsv")
+    conda:
+        "../envs/ffnflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    script:
+        "../scripts/stitch_blocks.py"
+
+
 rule publish_segmentation:
     input:
         result("{dataset}", "ffn.h5"),
     output:
-        result("{dataset}", "segmentation.h5"),
+        segmentation=result("{dataset}", "segmentation.h5"),
+        precomputed=directory(result("{dataset}", "segmentation.precomputed")),
+    params:
+        code=stage_code("publish"),
     log:
         result("{dataset}", "logs/publish_segmentation.log"),
     conda:

@@ -1,7 +1,7 @@
 """Snakemake script of rule evaluate."""
 
 from ffnflow.snakemake_support import logged_stage
-from ffnflow.stages import run_evaluate
+from ffnflow.stages.evaluate import run_evaluate
 
 with logged_stage(snakemake.log[0]):  # noqa: F821 (snakemake is injected)
     run_evaluate(

@@ -1,7 +1,12 @@
-"""Snakemake script of rule place_seeds."""
+"""Snakemake script of rule place_seeds (one block)."""
 
 from ffnflow.snakemake_support import logged_stage
-from ffnflow.stages import run_place_seeds
+from ffnflow.stages.seeds import run_place_seeds
 
 with logged_stage(snakemake.log[0]):  # noqa: F821 (snakemake is injected)
-    run_place_seeds(snakemake.config, snakemake.wildcards.dataset, snakemake.output.seeds)  # noqa: F821
+    run_place_seeds(
+        snakemake.config,  # noqa: F821
+        snakemake.wildcards.dataset,  # noqa: F821
+        snakemake.wildcards.block,  # noqa: F821
+        snakemake.output.seeds,  # noqa: F821
+    )

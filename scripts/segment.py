@@ -1,12 +1,13 @@
-"""Snakemake script of rule segment."""
+"""Snakemake script of rule segment (one block)."""
 
 from ffnflow.snakemake_support import logged_stage
-from ffnflow.stages import run_segment
+from ffnflow.stages.segment import run_segment
 
 with logged_stage(snakemake.log[0]):  # noqa: F821 (snakemake is injected)
     run_segment(
         snakemake.config,  # noqa: F821
         snakemake.wildcards.dataset,  # noqa: F821
+        snakemake.wildcards.block,  # noqa: F821
         snakemake.input.seeds,  # noqa: F821
         snakemake.output.segmentation,  # noqa: F821
         snakemake.output.counters,  # noqa: F821

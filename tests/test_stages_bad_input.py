@@ -10,7 +10,9 @@ import torch
 from ffnflow.config import validate_config
 from ffnflow.errors import InputError
 from ffnflow.ffn.model import ConvStack3D, ModelArch, save_checkpoint
-from ffnflow.stages import run_evaluate, run_place_seeds, run_segment
+from ffnflow.stages.evaluate import run_evaluate
+from ffnflow.stages.seeds import run_place_seeds
+from ffnflow.stages.segment import run_segment
 from ffnflow.seeds import write_seeds_csv
 
 
@@ -50,7 +52,7 @@ def test_bad_raw_volume(tmp_path, raw_data, spec_suffix, message):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputError, match=message) as info:
-        run_place_seeds(make_config(tmp_path, spec), "d", out / "seeds.csv")
+        run_place_seeds(make_config(tmp_path, spec), "d", "z0_y0_x0", out / "seeds.csv")
     assert spec.split(":")[0] in str(info.value)
     assert_no_outputs(out)
 
@@ -61,7 +63,7 @@ def test_raw_labels_shape_mismatch(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputError, match=r"datasets.d.labels .*v.h5:labels.*\(8, 8, 9\)"):
-        run_place_seeds(cfg, "d", out / "seeds.csv")
+        run_place_seeds(cfg, "d", "z0_y0_x0", out / "seeds.csv")
     assert_no_outputs(out)
 
 
@@ -73,7 +75,7 @@ def test_resolution_mismatch_with_the_volume_and_the_model(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputError, match=r"resolution_nm \[10.0, 10.0, 10.0\] differs .*v.h5:raw"):
-        run_place_seeds(make_config(tmp_path, f"{path}:raw"), "d", out / "seeds.csv")
+        run_place_seeds(make_config(tmp_path, f"{path}:raw"), "d", "z0_y0_x0", out / "seeds.csv")
 
     model = ConvStack3D(ModelArch(depth=1, features=2, fov_size_zyx=(5, 5, 5), deltas_zyx=(2, 2, 2)))
     ckpt = tmp_path / "m.pt"
@@ -83,7 +85,7 @@ def test_resolution_mismatch_with_the_volume_and_the_model(tmp_path):
     cfg["ffn"]["checkpoint"] = str(ckpt)
     write_seeds_csv(tmp_path / "seeds.csv", np.array([[10, 10, 10]]))
     with pytest.raises(InputError, match="differs from FFN checkpoint .*m.pt"):
-        run_segment(cfg, "d", tmp_path / "seeds.csv", out / "ffn.h5", out / "c.json")
+        run_segment(cfg, "d", "z0_y0_x0", tmp_path / "seeds.csv", out / "ffn.h5", out / "c.json")
     assert_no_outputs(out)
 
 
@@ -98,8 +100,8 @@ def test_seed_outside_volume_and_evaluation_without_labels(tmp_path):
     write_seeds_csv(tmp_path / "seeds.csv", np.array([[10, 10, 10], [10, 10, 25]]))
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(InputError, match=r"seeds.csv: 1 seeds lie outside"):
-        run_segment(cfg, "d", tmp_path / "seeds.csv", out / "ffn.h5", out / "c.json")
+    with pytest.raises(InputError, match=r"seeds.csv: 1 seeds lie outside block z0_y0_x0"):
+        run_segment(cfg, "d", "z0_y0_x0", tmp_path / "seeds.csv", out / "ffn.h5", out / "c.json")
     with pytest.raises(InputError, match="datasets.d.labels: not configured"):
         run_evaluate(cfg, "d", f"{path}:raw", out / "metrics.json")
     assert_no_outputs(out)

@@ -1,0 +1,117 @@
+"""Stage: FFN flood filling of one block (its read ROI) from the block's seeds."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffnflow.atomic import write_json_atomic
+from ffnflow.blocks import Block
+from ffnflow.config import dataset_config
+from ffnflow.errors import InputError
+from ffnflow.ffn.canvas import Canvas, InferenceOptions
+from ffnflow.ffn.model import load_checkpoint
+from ffnflow.ffn.predictor import FovPredictor
+from ffnflow.seeds import read_seeds_csv
+from ffnflow.stages.common import (
+    check_resolution,
+    dataset_block,
+    normalize_image,
+    read_mask,
+    read_raw,
+)
+from ffnflow.volumes import write_volume
+
+log = logging.getLogger("ffnflow")
+
+
+def write_block_segmentation(
+    path: str | Path,
+    labels: np.ndarray,
+    block: Block,
+    n_segments: int,
+    counters: dict[str, Any],
+    resolution_nm: tuple[float, float, float],
+    **attrs: Any,
+) -> None:
+    """Write a block's labels (local ids 1..n_segments over its read ROI) as stitching reads them."""
+    write_volume(
+        f"{path}:labels",
+        labels,
+        resolution_nm=resolution_nm,
+        layer_type="segmentation",
+        attrs={
+            "read_offset_zyx": list(block.read_roi.offset),
+            "write_offset_zyx": list(block.write_roi.offset),
+            "write_shape_zyx": list(block.write_roi.shape),
+            "n_segments": int(n_segments),
+            "counters": counters,
+            **attrs,
+        },
+    )
+
+
+def run_segment(
+    config: dict[str, Any],
+    dataset_name: str,
+    block_id: str,
+    seeds_csv: str | Path,
+    segmentation_h5: str | Path,
+    counters_json: str | Path,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Flood-fill one block; write its labels over the read ROI (local ids) and counters.
+
+    The labels go to ``segmentation_h5:labels`` (uint64, z, y, x of the read ROI) with the
+    attributes ``read_offset_zyx``, ``write_offset_zyx``, ``write_shape_zyx`` and
+    ``n_segments``; seeds are global z, y, x voxels inside the block's write ROI.
+    """
+    dataset = dataset_config(config, dataset_name)
+    block = dataset_block(config, dataset, block_id)
+    ffn_cfg = config["ffn"]
+    loaded = load_checkpoint(ffn_cfg["checkpoint"])
+    check_resolution(dataset, f"FFN checkpoint {loaded.path} resolution", loaded.resolution_nm)
+    norm = {"image_mean": dataset.image_mean, "image_stddev": dataset.image_stddev}
+    if any(abs(norm[k] - loaded.normalization.get(k, norm[k])) > 1e-6 for k in norm):
+        log.warning("normalisation %s differs from the model's %s", norm, loaded.normalization)
+
+    seeds = read_seeds_csv(seeds_csv)
+    inside = np.all((seeds >= block.write_roi.offset) & (seeds < block.write_roi.end), axis=1)
+    if not inside.all():
+        raise InputError(
+            f"seed file {seeds_csv}: {int((~inside).sum())} seeds lie outside block {block_id} "
+            f"write ROI {block.write_roi} (first: {seeds[~inside][0].tolist()})"
+        )
+    raw = read_raw(dataset, block.read_roi)
+    options = InferenceOptions(**ffn_cfg["inference"])
+    predictor = FovPredictor(loaded.model, ffn_cfg["device"], ffn_cfg["precision"], threads)
+    log.info(
+        "segmenting %s block %s (read ROI %s) from %d seeds on %s (%s)", dataset.name, block_id,
+        block.read_roi, len(seeds), predictor.device, ffn_cfg["precision"],
+    )
+    canvas = Canvas(
+        normalize_image(raw, dataset), predictor, options,
+        movement_mask=read_mask(dataset, block.read_roi),
+    )
+    local_seeds = seeds - np.asarray(block.read_roi.offset)
+    result = canvas.segment_all(map(tuple, local_seeds), progress=ffn_cfg["progress"])
+    counters = {
+        **result.counters,
+        "device": str(predictor.device),
+        "precision": predictor.precision,
+        "fov_per_s": result.counters["fov_evaluations"] / max(result.counters["wall_s"], 1e-9),
+    }
+    write_block_segmentation(
+        segmentation_h5, result.labels, block, len(result.origins), counters,
+        dataset.resolution_nm, checkpoint=str(loaded.path),
+    )
+    origins = {
+        str(k): [int(v) for v in np.add(o, block.read_roi.offset)] for k, o in result.origins.items()
+    }
+    write_json_atomic(counters_json, {"block": block_id, "counters": counters, "origins_zyx": origins})
+    log.info("block %s: %s", block_id, json.dumps(counters))
+    return counters

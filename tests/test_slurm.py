@@ -1,0 +1,171 @@
+"""End-to-end on a real SLURM cluster: ``profiles/slurm`` submits every job with sbatch.
+
+Skipped unless ``FFNFLOW_SLURM_TEST=1`` (CI sets it): the fixture installs SLURM and MUNGE
+from Debian's packages when missing (needs root and apt-get) and starts a private one-node
+cluster on localhost (tests/slurm_cluster.py), which it stops again by PID at the end.
+
+The test runs the user-config form of the workflow on a 48^3 volume twice - locally, and with
+``--workflow-profile profiles/slurm`` - and checks that each of the four rules became its own
+SLURM job (the FFN one with a GPU) and that both runs produced identical results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+TARGET = "results/mydata/metrics.json"
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("FFNFLOW_SLURM_TEST") != "1",
+        reason="SLURM end-to-end test: set FFNFLOW_SLURM_TEST=1 (installs and starts SLURM, root)",
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    from tests.slurm_cluster import SlurmCluster, SlurmError
+
+    # Not under pytest's basetemp: MUNGE runs as user `munge` and must reach its socket,
+    # and pytest's temporary folders are private (0700).
+    base = Path(tempfile.mkdtemp(prefix="ffnflow-slurm-"))
+    cluster = SlurmCluster(base)
+    try:
+        cluster.start()
+    except SlurmError as e:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"could not start a SLURM cluster: {e}")
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_em_session(tmp_path_factory) -> Path:
+    """The same 48^3 crop as conftest's ``tiny_em``, once per session."""
+    from ffnflow.volumes import write_volume
+
+    with h5py.File(REPO / "data" / "demo.h5", "r") as f:
+        raw = f["raw"][:48, :48, :48]
+        labels = f["labels"][:48, :48, :48]
+    path = tmp_path_factory.mktemp("slurm_data") / "tiny.h5"
+    write_volume(f"{path}:raw", raw, (10, 10, 10))
+    write_volume(f"{path}:labels", labels, (10, 10, 10), "segmentation")
+    return path
+
+
+def run_snakemake(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    cmd = [str(SNAKEMAKE), *args]
+    env = {**env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=1200)
+
+
+def read_labels(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["labels"][...]
+
+
+def job_logs(work: Path, n: int = 3000) -> str:
+    """The SLURM jobs' own logs (snakemake's output inside each job)."""
+    logs = sorted((work / ".snakemake" / "slurm_logs").rglob("*.log"))
+    return "\n".join(f"--- {p.relative_to(work)} ---\n{p.read_text(errors='replace')[-n:]}" for p in logs)
+
+
+def without_timings(value):
+    """A JSON value without its run-time dependent entries (wall_s, fov_per_s, ...)."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items()
+                if not (k.endswith("_s") or k.endswith("per_s") or "time" in k)}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def test_slurm_profile_runs_every_job_through_sbatch(slurm_cluster, tiny_em_session, tmp_path):
+    config = tmp_path / "my.yaml"
+    config.write_text(json.dumps({"datasets": {"mydata": {
+        "raw": f"{tiny_em_session}:raw",
+        "labels": f"{tiny_em_session}:labels",
+        "resolution_nm": [10, 10, 10],
+    }}}))
+    venv_bin = str(Path(sys.executable).parent)
+    env = slurm_cluster.env(extra_path=[venv_bin])  # jobs inherit it (sbatch --export=ALL)
+
+    # Reference: the same request run locally (default workflow profile).
+    local = tmp_path / "local"
+    local_run = run_snakemake(["--cores", "2", "--directory", str(local),
+                               "--configfile", str(config), "--", TARGET], env)
+    assert local_run.returncode == 0, local_run.stderr[-3000:]
+
+    work = tmp_path / "slurm"
+    t0 = time.monotonic()
+    proc = run_snakemake([
+        "--workflow-profile", "profiles/slurm", "--directory", str(work),
+        "--configfile", str(config),
+        # test-only speed-ups and evidence; everything else comes from the profile
+        "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs",
+        "--latency-wait", "5",
+        "--", TARGET,
+    ], env)
+    slurm_s = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{out[-4000:]}\n{job_logs(work)}\n{slurm_cluster.log_tail()}"
+    print(f"\nSLURM run: {slurm_s:.0f} s; cluster daemons {slurm_cluster.pids}")
+
+    # Every job went through sbatch: snakemake reports a SLURM job id for each job it ran
+    # (`rule X:`, none as `localrule X:`), slurmctld logged their submission and still lists
+    # them (MinJobAge) as COMPLETED, their comments naming the same rules as the local run's.
+    ran = re.findall(r"^(local)?rule (\w+):$", out, re.M)
+    assert ran and not [r for local, r in ran if local], ran
+    ran_locally = re.findall(r"^localrule (\w+):$", local_run.stdout + local_run.stderr, re.M)
+    assert sorted(r for _, r in ran) == sorted(ran_locally)
+    reported = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
+    assert len(reported) == len(ran), out[-4000:]
+    assert set(reported) <= set(slurm_cluster.submitted_ids())
+    jobs = {j["id"]: j for j in slurm_cluster.jobs()}
+    assert set(reported) <= set(jobs), jobs
+    by_rule = {}
+    for jid in reported:
+        job = jobs[jid]
+        assert job["state"] == "COMPLETED", job
+        rule = re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", job["comment"]).group(1)
+        by_rule.setdefault(rule, []).append(jid)
+    assert sorted(by_rule) == sorted(set(ran_locally)) and "segment" in by_rule, jobs
+    # The FFN job asked SLURM for a GPU through its resources (--gpus=1) and got one.
+    details = slurm_cluster.job_details(by_rule["segment"][0])
+    assert re.search(r"TresPerJob=gres:gpu:1\b", details), details
+    assert "gres/gpu=1" in details, details
+    assert "gpu" not in slurm_cluster.job_details(by_rule["place_seeds"][0]).split("TRES=")[1].split()[0]
+    # The SLURM logs (kept here with --slurm-keep-successful-logs) are where the plugin puts them.
+    slurm_logs = {p.stem for p in (work / ".snakemake" / "slurm_logs").rglob("*.log")}
+    assert set(reported) <= slurm_logs, slurm_logs
+
+    # Same results as the local run.
+    ref, res = local / "results" / "mydata", work / "results" / "mydata"
+    assert (res / "seeds.csv").read_text() == (ref / "seeds.csv").read_text()
+    labels = read_labels(res / "segmentation.h5")
+    assert labels.shape == (48, 48, 48) and labels.dtype == np.uint64
+    assert np.array_equal(labels, read_labels(ref / "segmentation.h5"))
+    assert np.array_equal(read_labels(res / "ffn.h5"), read_labels(ref / "ffn.h5"))
+    assert json.loads((res / "metrics.json").read_text()) == json.loads((ref / "metrics.json").read_text())
+    counters = without_timings(json.loads((res / "ffn_counters.json").read_text()))
+    assert counters == without_timings(json.loads((ref / "ffn_counters.json").read_text()))
+    assert list(res.rglob("logs/segment.log")) and list(res.rglob("benchmarks/segment.tsv"))
