@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -21,6 +23,20 @@ def snakemake(workdir: Path, configfile: Path, *targets: str) -> subprocess.Comp
     cmd = [str(SNAKEMAKE), "--cores", "2", "--directory", str(workdir), "--configfile", str(configfile), "--", *targets]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
+
+
+def planned_jobs(workdir: Path, configfiles: list[Path], *targets: str) -> set[str]:
+    """Rules a dry run would execute (``snakemake -n``), from its job table."""
+    cmd = [str(SNAKEMAKE), "-n", "--cores", "2", "--directory", str(workdir), "--configfile"]
+    proc = subprocess.run(
+        [*cmd, *map(str, configfiles), "--", *targets], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    if "Nothing to be done" in out:
+        return set()
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {line.split()[0] for line in table.splitlines()[3:] if line.strip()}
 
 
 def write_user_config(path: Path, dataset: dict) -> Path:
@@ -58,6 +74,20 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     again = snakemake(work, config, "results/mydata/metrics.json")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
+    # Changing an FFN option reruns segmentation and what follows, not seed placement.
+    ffn_change = tmp_path / "ffn_change.yaml"
+    ffn_change.write_text(json.dumps({"ffn": {"inference": {"segment_threshold": 0.7}}}))
+    jobs = planned_jobs(work, [config, ffn_change], "results/mydata/metrics.json")
+    assert jobs == {"segment", "stitch_blocks", "publish_segmentation", "evaluate"}, jobs
+    # Changing only what evaluation uses reruns only the evaluation.
+    with h5py.File(tiny_em, "a") as f:
+        f["labels_v2"] = f["labels"][...]
+    eval_change = write_user_config(
+        tmp_path / "eval_change.yaml",
+        {"raw": f"{tiny_em}:raw", "labels": f"{tiny_em}:labels_v2", "resolution_nm": [10, 10, 10]},
+    )
+    assert planned_jobs(work, [eval_change], "results/mydata/metrics.json") == {"evaluate"}
+
 
 def test_unknown_config_key_fails_before_any_job(tmp_path, tiny_em):
     config = write_user_config(
@@ -80,3 +110,41 @@ def test_missing_raw_file_names_the_file_and_leaves_no_output(tmp_path):
     # The block grid is read from the raw volume when the workflow is parsed.
     assert "absent.h5" in proc.stderr and "does not exist" in proc.stderr
     assert not (work / "results").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tiny_em):
+    """SIGKILL the workflow after the first block, rerun: same result as an uninterrupted run."""
+    dataset = {"raw": f"{tiny_em}:raw", "resolution_nm": [10, 10, 10]}
+    config = tmp_path / "my.yaml"
+    config.write_text(
+        json.dumps(
+            {"datasets": {"mydata": dataset}, "blocks": {"shape_zyx": [24, 48, 48], "context_zyx": [16, 16, 16]}}
+        )
+    )
+    target = "results/mydata/segmentation.h5"
+    reference = tmp_path / "reference"
+    assert snakemake(reference, config, target).returncode == 0
+
+    work = tmp_path / "work"
+    first_block = work / "results/mydata/blocks/z0_y0_x0/ffn.h5"
+    cmd = [str(SNAKEMAKE), "--cores", "1", "--directory", str(work), "--configfile", str(config), "--", target]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not first_block.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first_block.exists(), "the first block never finished"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (work / target).exists(), "the run finished before it could be killed"
+    finished_mtime = first_block.stat().st_mtime_ns
+
+    unlock = subprocess.run([*cmd[:-2], "--unlock"], cwd=REPO, capture_output=True, text=True)
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+    rerun = snakemake(work, config, target)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert first_block.stat().st_mtime_ns == finished_mtime, "a finished block was recomputed"
+    with h5py.File(work / target, "r") as a, h5py.File(reference / target, "r") as b:
+        assert np.array_equal(a["labels"][...], b["labels"][...])
