@@ -88,10 +88,19 @@ class BlockGrid:
     def ids(self) -> list[str]:
         return [b.id for b in self]
 
+    def overlapping(self, roi: Roi) -> Iterator[Block]:
+        """Blocks whose read ROI intersects ``roi``, in grid order."""
+        ranges = []
+        for r0, r1, b, c, n in zip(roi.offset, roi.end, self.block_shape, self.context, self.grid_shape):
+            ranges.append(range(max(0, (r0 - c) // b), min(n - 1, (r1 + c - 1) // b) + 1))
+        for index in itertools.product(*ranges):
+            block = self.block(index)
+            if not block.read_roi.intersect(roi).empty:
+                yield block
+
     def neighbour_pairs(self) -> Iterator[tuple[Block, Block]]:
         """Pairs of distinct blocks whose read ROIs overlap, each pair once, in grid order."""
-        blocks = list(self)
-        for i, a in enumerate(blocks):
-            for b in blocks[i + 1 :]:
-                if not a.read_roi.intersect(b.read_roi).empty:
+        for a in self:
+            for b in self.overlapping(a.read_roi):
+                if b.index > a.index:
                     yield a, b

@@ -32,8 +32,16 @@ def test_grid_tiles_the_volume_and_clips_read_rois():
     assert last.write_roi.offset == (40, 60, 80) and last.write_roi.shape == (10, 10, 10)
     assert last.read_roi.offset == (36, 55, 74) and last.read_roi.end == (50, 70, 90)
     assert grid.ids[0] == "z0_y0_x0" and grid.ids[1] == "z0_y0_x1"
-    pairs = list(grid.neighbour_pairs())
-    assert len(pairs) == len({(a.id, b.id) for a, b in pairs})
+    for g in (grid, BlockGrid((100, 100, 100), (20, 20, 20), (4, 4, 4))):
+        pairs = {(a.id, b.id) for a, b in g.neighbour_pairs()}
+        brute = {
+            (a.id, b.id)
+            for a in g
+            for b in g
+            if a.index < b.index and not a.read_roi.intersect(b.read_roi).empty
+        }
+        assert pairs == brute
+    assert len(pairs) == 4 * 5 * 5 * 3 + 4 * 4 * 5 * 6 + 4 * 4 * 4 * 4  # face, edge, corner pairs
     with pytest.raises(InputError, match="z9_y0_x0"):
         grid.block_by_id("z9_y0_x0")
     with pytest.raises(InputError, match="block id"):

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from ffnflow.atomic import atomic_output, write_json_atomic
-from ffnflow.blocks import Block
+from ffnflow.blocks import Block, BlockGrid
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
 from ffnflow.stages.common import block_grid, open_raw
@@ -52,7 +52,7 @@ def _global_labels(
 
 def _final_labels(
     block: Block,
-    blocks: list[Block],
+    grid: BlockGrid,
     block_files: dict[str, str | Path],
     offsets: dict[str, int],
     table: dict[int, int],
@@ -64,9 +64,9 @@ def _final_labels(
     in grid order wins).
     """
     labels = _global_labels(block_files[block.id], block.write_roi, block, offsets[block.id], table)
-    for other in blocks:
+    for other in grid.overlapping(block.write_roi):
         region = other.read_roi.intersect(block.write_roi)
-        if other is block or region.empty or labels.all():
+        if other == block or labels.all():
             continue
         theirs = _global_labels(block_files[other.id], region, other, offsets[other.id], table)
         local = Roi(np.subtract(region.offset, block.write_roi.offset), region.shape).to_slices()
@@ -139,7 +139,7 @@ def run_stitch(
             chunk_zyx=[min(64, s) for s in grid.block_shape],
         )
         for block in blocks:
-            write_region(spec, _final_labels(block, blocks, block_files, offsets, table), block.write_roi.offset)
+            write_region(spec, _final_labels(block, grid, block_files, offsets, table), block.write_roi.offset)
     counters: dict[str, Any] = {k: sum(c.get(k, 0) for c in block_counters) for k in ADDITIVE_COUNTERS}
     counters.update(
         blocks=len(blocks),
