@@ -4,9 +4,10 @@
 missing (root only), writes ``slurm.conf``/``gres.conf`` under ``base``, starts ``munged``,
 ``slurmctld`` and ``slurmd`` in the foreground as child processes on free ports, and waits until
 the node is idle. Everything lives under ``base`` (configuration, MUNGE key and socket, state,
-spool, logs): nothing in /etc or /run is touched, and ``SLURM_CONF`` (see ``env()``) points every
-SLURM command - and a ``snakemake --executor slurm`` run - at this cluster. ``stop()`` cancels
-the cluster's jobs and ends exactly the daemons it started, by PID.
+spool, logs, command wrappers); apart from installing the packages nothing in /etc or /run is
+touched. ``env()`` points every SLURM command - and a ``snakemake --executor slurm`` run and
+its jobs - at this cluster. ``stop()`` cancels the cluster's jobs and ends exactly the daemons
+it started, by PID.
 
 The container has no systemd and no cgroups, hence ``proctrack/linuxproc``, ``task/none`` and
 no accounting (``sacct`` does not work: job status comes from ``squeue``, kept for ``MinJobAge``
@@ -26,8 +27,18 @@ import time
 from pathlib import Path
 
 PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
-COMMANDS = ["sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun", "slurmctld", "slurmd",
-            "munged", "mungekey"]
+COMMANDS = [
+    "sbatch",
+    "squeue",
+    "sinfo",
+    "scontrol",
+    "scancel",
+    "srun",
+    "slurmctld",
+    "slurmd",
+    "munged",
+]
+CLIENT_COMMANDS = ["srun", "sbatch", "squeue", "scontrol", "sinfo", "scancel"]
 SBIN = ["/usr/sbin", "/sbin"]
 
 
@@ -55,12 +66,14 @@ def ensure_installed() -> None:
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    proc = subprocess.run(install, env=env, capture_output=True, text=True)
+    proc = subprocess.run(install, check=False, env=env, capture_output=True, text=True)
     if proc.returncode != 0:  # stale package lists: refresh once and retry
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
-        proc = subprocess.run(install, env=env, capture_output=True, text=True)
+        subprocess.run(["apt-get", "update"], check=False, env=env, capture_output=True, text=True)
+        proc = subprocess.run(install, check=False, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or missing_commands():
-        raise SlurmError(f"could not install {PACKAGES}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise SlurmError(
+            f"could not install {PACKAGES}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
 
 
 def free_port() -> int:
@@ -89,18 +102,29 @@ class SlurmCluster:
 
     # -- environment -------------------------------------------------------------------
     def env(self, extra_path: list[str] | None = None) -> dict[str, str]:
-        """os.environ with SLURM_CONF set to this cluster and SLURM's commands on PATH."""
+        """os.environ with SLURM_CONF set to this cluster and SLURM's commands on PATH,
+        first the wrappers of ``write_wrappers``."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
-        path = [*(extra_path or []), env.get("PATH", "/usr/bin:/bin"), *SBIN]
+        path = [
+            str(self.base / "bin"),
+            *(extra_path or []),
+            env.get("PATH", "/usr/bin:/bin"),
+            *SBIN,
+        ]
         env["PATH"] = os.pathsep.join(path)
         env["SLURM_CONF"] = str(self.conf)
         return env
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(cmd), env=self.env(), capture_output=True, text=True,
-                              timeout=timeout)
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            list(cmd), check=False, env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
-            raise SlurmError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}\n{self.log_tail()}")
+            raise SlurmError(
+                f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}\n{self.log_tail()}"
+            )
         return proc
 
     def log_tail(self, n: int = 3000) -> str:
@@ -116,8 +140,11 @@ class SlurmCluster:
         hw = node_hardware()
         self.node = hw["NodeName"]
         if int(hw["CPUs"]) >= 2:
-            cpus = " ".join(f"{k}={hw[k]}" for k in (
-                "CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore") if k in hw)
+            cpus = " ".join(
+                f"{k}={hw[k]}"
+                for k in ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
+                if k in hw
+            )
         else:
             cpus = "CPUs=2"  # the segment rule asks for 2 threads; config_overrides allows it
         # ~1 GiB below the machine's memory, but at least what the rules ask for (8 GB):
@@ -149,6 +176,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
+MailProg=/bin/true
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -168,21 +196,44 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             f"AutoDetect=off\nNodeName={self.node} Name=gpu File=/dev/null\n"
         )
 
+    def write_wrappers(self) -> None:
+        """``BASE/bin/srun`` etc.: the client commands with SLURM_CONF set to this cluster.
+
+        Inside a job, snakemake-executor-plugin-slurm-jobstep (0.6) runs the rule with ``srun``
+        after removing every SLURM_* variable but the job's identity, SLURM_CONF included; a
+        real cluster's commands find /etc/slurm/slurm.conf (or configless), ours would not.
+        PATH survives (sbatch --export=ALL), so these wrappers, first on PATH, point at it.
+        """
+        bindir = self.base / "bin"
+        bindir.mkdir(parents=True, exist_ok=True)
+        for cmd in CLIENT_COMMANDS:
+            wrapper = bindir / cmd
+            wrapper.write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf}" exec "{which(cmd)}" "$@"\n')
+            wrapper.chmod(0o755)
+
     # -- daemons ---------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], **kwargs) -> None:
-        out = open(self.logs / f"{name}.log", "w")  # -D/--foreground: logs go to stderr
-        self.procs[name] = subprocess.Popen(
-            cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, **kwargs,
-        )
-        out.close()
+        # In the foreground (-D, --foreground) the daemons log to stderr: that file is the log.
+        with open(self.logs / f"{name}.log", "w") as out:
+            self.procs[name] = subprocess.Popen(
+                cmd,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **kwargs,
+            )
 
     def _wait(self, what: str, ready, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    raise SlurmError(f"{name} exited ({proc.returncode}) while waiting for {what}\n{self.log_tail()}")
+                    raise SlurmError(
+                        f"{name} exited ({proc.returncode}) while waiting for {what}\n"
+                        f"{self.log_tail()}"
+                    )
             if ready():
                 return
             time.sleep(0.5)
@@ -194,31 +245,52 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         # munged checks ownership and permissions of its key and directories.
         os.chown(mdir, munge.pw_uid, munge.pw_gid)
         os.chmod(mdir, 0o755)  # clients need to reach the socket; the key itself is 0600
-        key = mdir / "munge.key"
-        subprocess.run([which("mungekey"), "--create", f"--keyfile={key}"], check=True,
-                       user=munge.pw_uid, group=munge.pw_gid, capture_output=True)
+        key = mdir / "munge.key"  # a fresh key, private to this cluster
+        key.write_bytes(os.urandom(1024))
+        os.chown(key, munge.pw_uid, munge.pw_gid)
+        os.chmod(key, 0o600)
         socket_path = mdir / "munge.socket"
-        self._spawn("munged", [
-            which("munged"), "--foreground", f"--socket={socket_path}", f"--key-file={key}",
-            f"--pid-file={mdir}/munged.pid", f"--log-file={mdir}/munged.log",
-            f"--seed-file={mdir}/munged.seed",
-        ], user=munge.pw_uid, group=munge.pw_gid, extra_groups=[])
+        self._spawn(
+            "munged",
+            [
+                which("munged"),
+                "--foreground",
+                f"--socket={socket_path}",
+                f"--key-file={key}",
+                f"--pid-file={mdir}/munged.pid",
+                f"--log-file={mdir}/munged.log",
+                f"--seed-file={mdir}/munged.seed",
+            ],
+            user=munge.pw_uid,
+            group=munge.pw_gid,
+            extra_groups=[],
+        )
         self._wait("munged", socket_path.exists, timeout=30)
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         ensure_installed()
         # The base and its parents must be traversable by the munge user; /tmp is.
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
         self.write_config()
+        self.write_wrappers()
         try:
             self._start_munge()
             self._spawn("slurmctld", [which("slurmctld"), "-D", "-i"])
-            self._wait("slurmctld", lambda: self.run("scontrol", "ping", check=False).returncode == 0
-                       and "UP" in self.run("scontrol", "ping", check=False).stdout)
+            self._wait(
+                "slurmctld",
+                lambda: (
+                    self.run("scontrol", "ping", check=False).returncode == 0
+                    and "UP" in self.run("scontrol", "ping", check=False).stdout
+                ),
+            )
             self._spawn("slurmd", [which("slurmd"), "-D", "-N", self.node])
-            self._wait("an idle node", lambda: "idle" in self.run(
-                "sinfo", "--noheader", "--format=%T", check=False).stdout)
+            self._wait(
+                "an idle node",
+                lambda: (
+                    "idle" in self.run("sinfo", "--noheader", "--format=%T", check=False).stdout
+                ),
+            )
         except BaseException:
             self.stop()
             raise
@@ -233,9 +305,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
             self.run("scancel", "--user", pwd.getpwuid(os.getuid()).pw_name, check=False)
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and self.run(
-                "squeue", "--noheader", "--states=RUNNING,COMPLETING", check=False
-            ).stdout.strip():
+            while (
+                time.monotonic() < deadline
+                and self.run(
+                    "squeue", "--noheader", "--states=RUNNING,COMPLETING", check=False
+                ).stdout.strip()
+            ):
                 time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.get(name)
@@ -256,7 +331,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return [dict(zip(keys, line.split("|", 3))) for line in out.splitlines() if line.strip()]
 
     def job_details(self, job_id: str) -> str:
-        return self.run("scontrol", "show", "job", job_id, check=False).stdout
+        return self.run("scontrol", "--details", "show", "job", job_id, check=False).stdout
 
     def controller_log(self) -> str:
         return (self.logs / "slurmctld.log").read_text(errors="replace")
