@@ -52,17 +52,23 @@ class FaceMaxMovement:
         self.queue: deque[tuple[float, tuple[int, int, int]]] = deque()
         self.visited: set[tuple[int, int, int]] = set()
         self.start_zyx = np.zeros(3, dtype=np.int64)
+        self._deltas = tuple(int(d) for d in self.deltas)
+        self._start = (0, 0, 0)
 
     def reset(self, start_zyx: tuple[int, int, int]) -> None:
         """Start a new object at ``start_zyx``: the queue holds only the start position."""
         self.queue = deque([(2 * self.threshold_logit, tuple(start_zyx))])
         self.visited = set()
         self.start_zyx = np.asarray(start_zyx, dtype=np.int64)
+        self._start = tuple(int(v) for v in start_zyx)
 
     def lattice_cell(self, pos_zyx: tuple[int, int, int]) -> tuple[int, int, int]:
         """The movement-lattice cell of a position; the seed sits in the middle of its cell."""
-        rel = np.asarray(pos_zyx, dtype=np.int64) - self.start_zyx
-        return tuple(int(v) for v in (rel + self.deltas // 2) // np.maximum(self.deltas, 1))
+        # Plain ints (floor division as numpy's): this runs for every queued position.
+        return tuple(
+            (int(p) - s + d // 2) // max(d, 1)
+            for p, s, d in zip(pos_zyx, self._start, self._deltas)
+        )
 
     def positions(
         self, is_valid: Callable[[tuple[int, int, int]], bool]

@@ -14,8 +14,9 @@ from ffnflow.blocks import Block
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
 from ffnflow.ffn.canvas import Canvas, InferenceOptions
-from ffnflow.ffn.model import load_checkpoint
-from ffnflow.ffn.predictor import FovPredictor
+from ffnflow.ffn.batched import BatchedCanvas
+from ffnflow.ffn.model import ConvStack3D, load_checkpoint
+from ffnflow.ffn.predictor import FovPredictor, resolve_device
 from ffnflow.seeds import read_seeds_csv
 from ffnflow.stages.common import (
     check_resolution,
@@ -55,6 +56,26 @@ def write_block_segmentation(
     )
 
 
+def make_predictor(
+    model: ConvStack3D, ffn_cfg: dict[str, Any], threads: int | None
+) -> tuple[FovPredictor, int]:
+    """The FOV predictor and the number of concurrent objects for the ``ffn:`` config.
+
+    ``max_objects: auto`` is 1 on the CPU (the reference engine; batching does not pay
+    there) and 16 on CUDA. With several objects every model call holds exactly
+    ``max_objects`` FOVs, which keeps the result independent of how the batches fill.
+    """
+    device = resolve_device(ffn_cfg["device"])
+    max_objects = ffn_cfg["max_objects"]
+    if max_objects == "auto":
+        max_objects = 16 if device.type == "cuda" else 1
+    predictor = FovPredictor(
+        model, str(device), ffn_cfg["precision"], threads,
+        fixed_batch=max_objects if max_objects > 1 and device.type == "cuda" else 1,
+    )
+    return predictor, int(max_objects)
+
+
 def run_segment(
     config: dict[str, Any],
     dataset_name: str,
@@ -88,21 +109,24 @@ def run_segment(
         )
     raw = read_raw(dataset, block.read_roi)
     options = InferenceOptions(**ffn_cfg["inference"])
-    predictor = FovPredictor(loaded.model, ffn_cfg["device"], ffn_cfg["precision"], threads)
+    predictor, max_objects = make_predictor(loaded.model, ffn_cfg, threads)
     log.info(
         "segmenting %s block %s (read ROI %s) from %d seeds on %s (%s)", dataset.name, block_id,
         block.read_roi, len(seeds), predictor.device, ffn_cfg["precision"],
     )
-    canvas = Canvas(
-        normalize_image(raw, dataset), predictor, options,
-        movement_mask=read_mask(dataset, block.read_roi),
-    )
+    image = normalize_image(raw, dataset)
+    movement_mask = read_mask(dataset, block.read_roi)
+    if max_objects == 1:
+        canvas = Canvas(image, predictor, options, movement_mask=movement_mask)
+    else:
+        canvas = BatchedCanvas(image, predictor, options, movement_mask, max_objects=max_objects)
     local_seeds = seeds - np.asarray(block.read_roi.offset)
     result = canvas.segment_all(map(tuple, local_seeds), progress=ffn_cfg["progress"])
     counters = {
         **result.counters,
         "device": str(predictor.device),
         "precision": predictor.precision,
+        "max_objects": max_objects,
         "fov_per_s": result.counters["fov_evaluations"] / max(result.counters["wall_s"], 1e-9),
     }
     write_block_segmentation(

@@ -31,6 +31,8 @@ ADDITIVE_COUNTERS = (
     "seeds_total", "seeds_skipped_border", "seeds_skipped_segmented", "seeds_skipped_masked",
     "seeds_rejected_boundary", "seeds_tried", "seeds_rejected_weak", "seeds_rejected_small",
     "seeds_accepted", "fov_evaluations", "voxels_overlapping", "wall_s",
+    "fov_evaluations_total", "fov_evaluations_discarded", "objects_restarted",
+    "objects_cancelled", "forward_batches",
 )
 
 

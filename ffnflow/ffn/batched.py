@@ -1,0 +1,360 @@
+"""Batched flood filling: several objects advance together, one forward pass per step.
+
+:class:`BatchedCanvas` produces exactly what the sequential :class:`~ffnflow.ffn.canvas.Canvas`
+produces from the same seeds (labels voxel for voxel, segment ids, origins and the
+reference counters), while filling up to ``max_objects`` objects at once so that their
+FOVs share one batched forward pass (what makes a GPU busy).
+
+How it works. Seeds are taken in order into a *window* while fewer than ``max_objects``
+of its objects are *running* (its FOV moves) or *done* (its fill ended; it waits for its
+turn); the others are *doomed* (the seed may not start: no work, no memory). Each step, every running object pops its next
+valid FOV position exactly as the sequential canvas would, and all these FOVs are
+evaluated in one ``predictor.predict`` call. Objects are *retired* strictly in seed
+order: only the head of the window, once it is not running, is retired, and retiring
+(the seed checks, then accepting or rejecting the object and committing its segment)
+happens against the committed state that the sequential canvas has at that seed.
+
+Why the result is the sequential one. An object's fill reads three things: its own POM,
+which it owns (per-object POM over a growing box, :class:`LocalPom`; its own movement
+queue and visited lattice cells); the constant image and masks; and the committed
+segmentation, in exactly two places: (a) the seed checks before it starts
+(:meth:`CanvasBase.seed_rejection`) and (b) ``segmentation[pos] <= 0`` for every position
+its movement queue offers that passed the POM and context checks. In the sequential
+order, these reads happen after all earlier objects were retired; here, while earlier
+objects may still be in the window. The segmentation and the set of rejected seeds only
+grow, hence:
+
+1. A seed refused now is refused at its turn too. Such an object is admitted *doomed*
+   and does nothing; its counters are decided at its turn (the reason may differ then).
+2. A read ``segmentation[pos] > 0`` (position refused) stays true. A read
+   ``segmentation[pos] == 0`` (position accepted) stays true unless an earlier object
+   commits a voxel at ``pos``. Each object records the positions it accepted.
+3. After every retirement, every later object in the window is checked: if its seed is
+   now refused it becomes doomed (``objects_cancelled``); else if the segmentation is
+   non-zero at any position it accepted, it restarts from its seed with a fresh POM and
+   queue (``objects_restarted``). Everything else it did is what the sequential canvas
+   would have done with the current state.
+
+By induction over retirements, when an object reaches the head of the window all its
+reads agree with the sequential state at its seed; retiring it there makes the same
+decisions and commits the same voxels. Its forward passes see the same inputs as the
+sequential ones, so the results are identical provided the predictor is deterministic
+and its output for a FOV does not depend on the other FOVs of its batch: true of the oracle stubs in the tests,
+and of :class:`~ffnflow.ffn.predictor.FovPredictor` with ``fixed_batch`` set (on the CPU
+``fixed_batch=1``, which loses no speed; in float32 oneDNN's batch-1 and batch-N
+convolutions differ in the last bits). The scheduling is a deterministic function of
+the seeds and the predictions, so runs repeat exactly with a deterministic predictor.
+
+Scheduling: a later object whose seed an earlier object in the window already claims
+(POM >= segment threshold there) waits instead of moving, since it will most likely be
+cancelled; when work is done never changes the result.
+
+Memory: at most ``max_objects`` POM boxes (running or done objects) exist at a time; a
+box covers the FOVs its object visited, so it can become large for a large object.
+
+Counters: those of :data:`~ffnflow.ffn.canvas.COUNTER_NAMES` equal the sequential
+canvas's (``fov_evaluations`` counts the forward passes of the kept schedule); in
+addition ``fov_evaluations_total`` (all forward passes run), ``fov_evaluations_discarded``
+(of restarted or cancelled fills), ``objects_restarted``, ``objects_cancelled``,
+``forward_batches`` (predictor calls), ``max_objects`` and ``wall_s``.
+Arrays are z, y, x; positions are voxel indices into the canvas.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+from tqdm import tqdm
+
+from ffnflow.errors import InputError
+from ffnflow.ffn.canvas import (
+    CanvasBase,
+    InferenceOptions,
+    SegmentationResult,
+    Zyx,
+    fov_input,
+    merge_prediction,
+)
+from ffnflow.ffn.movement import FaceMaxMovement
+from ffnflow.ffn.predictor import FovPredictor
+
+BATCHED_COUNTER_NAMES = (
+    "fov_evaluations_total",
+    "fov_evaluations_discarded",
+    "objects_restarted",
+    "objects_cancelled",
+    "forward_batches",
+)
+
+Slices = tuple[slice, slice, slice]
+
+
+class LocalPom:
+    """The POM logits of one object over a box of the canvas that grows as it is written.
+
+    Voxels never written read as NaN ("not predicted yet"), as in the sequential canvas's
+    full-volume POM. Slices are canvas coordinates (z, y, x) inside ``canvas_shape``. The
+    box grows by at least ``slack`` voxels per side that needs growing (clipped to the
+    canvas) and by half its extent when that is more, so that a moving FOV does not
+    reallocate it at every step.
+    """
+
+    def __init__(self, canvas_shape: Zyx, start: Zyx, value: float, slack: np.ndarray) -> None:
+        self.canvas_shape = np.asarray(canvas_shape, dtype=np.int64)
+        self.slack = np.asarray(slack, dtype=np.int64)
+        self.lo = np.asarray(start, dtype=np.int64)
+        self.hi = self.lo + 1
+        self.data = np.full((1, 1, 1), value, dtype=np.float32)
+
+    def get(self, pos: Zyx) -> np.float32:
+        """The logit at one voxel (NaN if never written)."""
+        lo, hi = self._bounds
+        if all(a <= p < b for p, a, b in zip(pos, lo, hi)):
+            return self.data[tuple(int(p) - a for p, a in zip(pos, lo))]
+        return np.float32(np.nan)
+
+    @property
+    def _bounds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return tuple(int(v) for v in self.lo), tuple(int(v) for v in self.hi)
+
+    def read(self, sel: Slices) -> np.ndarray:
+        """A copy of the logits over ``sel`` (NaN where never written)."""
+        lo = np.array([s.start for s in sel])
+        hi = np.array([s.stop for s in sel])
+        if np.all(lo >= self.lo) and np.all(hi <= self.hi):  # the usual case
+            return self.data[tuple(slice(i, j) for i, j in zip(lo - self.lo, hi - self.lo))].copy()
+        out = np.full(tuple(hi - lo), np.nan, dtype=np.float32)
+        a = np.maximum(lo, self.lo)
+        b = np.minimum(hi, self.hi)
+        if np.all(b > a):
+            out[tuple(slice(i, j) for i, j in zip(a - lo, b - lo))] = self.data[
+                tuple(slice(i, j) for i, j in zip(a - self.lo, b - self.lo))
+            ]
+        return out
+
+    def write(self, sel: Slices, values: np.ndarray) -> None:
+        """Overwrite the logits over ``sel``."""
+        lo = np.array([s.start for s in sel])
+        hi = np.array([s.stop for s in sel])
+        if np.any(lo < self.lo) or np.any(hi > self.hi):
+            # Grow by half the current extent at least: amortised O(1) copies per write.
+            slack = np.maximum(self.slack, (self.hi - self.lo) // 2)
+            new_lo = np.where(lo < self.lo, np.maximum(lo - slack, 0), self.lo)
+            new_hi = np.where(hi > self.hi, np.minimum(hi + slack, self.canvas_shape), self.hi)
+            new_lo = np.minimum(new_lo, lo)
+            new_hi = np.maximum(new_hi, hi)
+            data = np.full(tuple(new_hi - new_lo), np.nan, dtype=np.float32)
+            data[tuple(slice(i, j) for i, j in zip(self.lo - new_lo, self.hi - new_lo))] = self.data
+            self.lo, self.hi, self.data = new_lo, new_hi, data
+        self.data[tuple(slice(i, j) for i, j in zip(lo - self.lo, hi - self.lo))] = values
+
+
+@dataclass
+class _Fill:
+    """One object in the window (see the module docstring for the states)."""
+
+    order: int
+    start: Zyx
+    state: str = "doomed"  # "running", "done", "doomed", then "retired"
+    pom: LocalPom | None = None
+    movement: FaceMaxMovement | None = None
+    positions: Iterator[Zyx] | None = None
+    min_pos: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
+    max_pos: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
+    iterations: int = 0
+    accepted: list[Zyx] = field(default_factory=list)  # positions read as unsegmented
+
+    def drop(self) -> None:
+        """Forget the fill's state (POM, queue)."""
+        self.pom = self.movement = self.positions = None
+        self.accepted = []
+
+
+class BatchedCanvas(CanvasBase):
+    """Flood-fills up to ``max_objects`` objects at a time; the result is :class:`Canvas`'s.
+
+    Arguments as :class:`~ffnflow.ffn.canvas.Canvas`, plus ``max_objects`` (>= 1): the
+    most objects filled (or finished and waiting for their turn) at once, hence the
+    largest batch passed to ``predictor.predict``. See the module docstring for the
+    semantics and for what the predictor must guarantee.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        predictor: FovPredictor,
+        options: InferenceOptions,
+        movement_mask: np.ndarray | None = None,
+        seed_mask: np.ndarray | None = None,
+        max_objects: int = 8,
+    ) -> None:
+        if int(max_objects) < 1:
+            raise InputError(f"ffn.max_objects: {max_objects} < 1")
+        super().__init__(image, predictor, options, movement_mask, seed_mask)
+        self.max_objects = int(max_objects)
+        for name in BATCHED_COUNTER_NAMES:
+            self.counters[name] = 0
+        self.counters["max_objects"] = self.max_objects
+
+    # -- one object ------------------------------------------------------------------------
+    def _start(self, fill: _Fill) -> None:
+        """(Re)start the fill of ``fill`` at its seed with a fresh POM and movement queue."""
+        fill.drop()
+        fill.state = "running"
+        fill.pom = LocalPom(self.shape, fill.start, self.init_logit, self.fov_size)
+        fill.movement = FaceMaxMovement(self.predictor.deltas_zyx, self.move_logit)
+        fill.movement.reset(fill.start)
+        fill.positions = fill.movement.positions(partial(self._is_valid_move, fill))
+        fill.min_pos = np.array(fill.start)
+        fill.max_pos = np.array(fill.start)
+        fill.iterations = 0
+
+    def _is_valid_move(self, fill: _Fill, pos: Zyx) -> bool:
+        # Canvas._is_valid_move, on the object's own POM, recording segmentation reads of 0.
+        if fill.pom.get(pos) < self.move_logit:  # NaN (never predicted) passes
+            return False
+        if not self.has_context(pos) or self.segmentation[pos] > 0:
+            return False
+        fill.accepted.append(pos)
+        return True
+
+    def _next_position(self, fill: _Fill) -> Zyx | None:
+        """The next FOV centre of ``fill`` (as in ``Canvas.segment_at``), None when it ends."""
+        for pos in fill.positions:
+            if fill.pom.get(fill.start) < self.move_logit:
+                return None  # the seed itself got too weak
+            if self.movement_mask is not None and self.movement_mask[pos]:
+                continue
+            return pos
+        return None
+
+    # -- one step of all running objects ---------------------------------------------------
+    def _step(self, running: list[_Fill]) -> None:
+        """Advance every running object by one forward pass, all in one predictor call."""
+        batch: list[tuple[_Fill, Zyx, Slices, np.ndarray]] = []
+        for fill in running:
+            pos = self._next_position(fill)
+            if pos is None:
+                fill.state = "done"
+                fill.positions = None
+                continue
+            sel = self._fov_slices(pos)
+            batch.append((fill, pos, sel, fill.pom.read(sel)))
+        if not batch:
+            return
+        images = np.stack([self.image[sel] for _, _, sel, _ in batch])
+        poms = np.stack([fov_input(old, self.pad_logit) for _, _, _, old in batch])
+        logits = self.predictor.predict(images, poms)
+        self.counters["fov_evaluations_total"] += len(batch)
+        self.counters["forward_batches"] += 1
+        for (fill, pos, sel, old), out in zip(batch, logits):
+            out = merge_prediction(
+                old, np.array(out, dtype=np.float32), self.options, self.move_logit
+            )
+            fill.pom.write(sel, out)
+            fill.min_pos = np.minimum(fill.min_pos, pos)
+            fill.max_pos = np.maximum(fill.max_pos, pos)
+            fill.iterations += 1
+            fill.movement.update(out, pos)
+
+    # -- seed order ------------------------------------------------------------------------
+    def _admit(self, fill: _Fill) -> None:
+        if self.seed_rejection(fill.start) is None:
+            self._start(fill)
+        else:
+            fill.state = "doomed"
+
+    def _retire(self, fill: _Fill) -> None:
+        """Decide the head object against the committed state, as ``Canvas.try_seed``."""
+        c = self.counters
+        c["seeds_total"] += 1
+        reason = self.seed_rejection(fill.start)
+        if reason is not None:
+            self._refuse_seed(fill.start, reason)
+            if fill.state != "doomed":  # cannot happen after _revalidate; kept for safety
+                c["objects_cancelled"] += 1
+        else:
+            if fill.state != "done":
+                raise AssertionError(f"seed {fill.start}: retired in state {fill.state}")
+            c["seeds_tried"] += 1
+            c["fov_evaluations"] += fill.iterations
+            if fill.iterations > 0:
+                self._conclude(fill.start, fill.min_pos, fill.max_pos, fill.pom.read)
+        fill.drop()
+        fill.state = "retired"
+
+    def _revalidate(self, window: Iterable[_Fill]) -> None:
+        """After a retirement: cancel or restart later objects whose reads are now stale."""
+        c = self.counters
+        for fill in window:
+            if fill.state == "doomed":
+                continue
+            if self.seed_rejection(fill.start) is not None:
+                c["objects_cancelled"] += 1
+                fill.drop()
+                fill.state = "doomed"
+            elif fill.accepted and np.any(self.segmentation[tuple(np.array(fill.accepted).T)] > 0):
+                c["objects_restarted"] += 1
+                self._start(fill)
+
+    def _runnable(self, window: Iterable[_Fill]) -> list[_Fill]:
+        """The running objects to advance now, in seed order.
+
+        A later object whose seed an earlier object in the window already predicts as its
+        own (POM >= segment threshold) waits: it is likely to be cancelled when that one
+        commits. Waiting only changes when work is done, never the result; the head of
+        the window never waits.
+        """
+        runnable: list[_Fill] = []
+        earlier: list[_Fill] = []
+        for fill in window:
+            if fill.state == "doomed":
+                continue
+            if fill.state == "running" and not any(
+                e.pom.get(fill.start) >= self.segment_logit for e in earlier
+            ):
+                runnable.append(fill)
+            earlier.append(fill)
+        return runnable
+
+    def segment_all(self, seeds: Iterable[Zyx], progress: bool = False) -> SegmentationResult:
+        """Flood-fill from every seed in order (z, y, x voxel positions in this canvas)."""
+        seeds = [tuple(int(v) for v in s) for s in seeds]
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=len(seeds), desc="seeds", unit="seed", disable=not progress, mininterval=2.0
+        )
+        window: deque[_Fill] = deque()
+        n_active = 0  # running or done objects in the window
+        next_seed = 0
+        while True:
+            while next_seed < len(seeds) and n_active < self.max_objects:
+                fill = _Fill(order=next_seed, start=seeds[next_seed])
+                self._admit(fill)
+                window.append(fill)
+                next_seed += 1
+                n_active += fill.state != "doomed"
+            if not window:
+                break
+            if window[0].state != "running":
+                self._retire(window.popleft())
+                self._revalidate(window)
+                n_active = sum(f.state != "doomed" for f in window)
+                bar.update(1)
+                bar.set_postfix(
+                    segments=int(self.counters["seeds_accepted"]),
+                    fovs=int(self.counters["fov_evaluations_total"]),
+                    refresh=False,
+                )
+                continue
+            self._step(self._runnable(window))
+        bar.close()
+        c = self.counters
+        c["fov_evaluations_discarded"] = c["fov_evaluations_total"] - c["fov_evaluations"]
+        c["wall_s"] = round(time.perf_counter() - t0, 3)
+        return self._result()
