@@ -56,31 +56,53 @@ def main() -> None:
             path = tmp / f"{name}.h5"
             write_volume(f"{path}:raw", src["raw"][tuple(slice(0, s) for s in shape)], (10, 10, 10))
             config = tmp / f"{name}.yaml"
-            config.write_text(yaml.safe_dump({
-                "datasets": {name: {"raw": f"{path}:raw", "resolution_nm": [10, 10, 10]}},
-                "blocks": {"shape_zyx": args.block, "context_zyx": args.context},
-                "ffn": {"checkpoint": str(REPO / "models/ffn_fib25_google.pt"), "device": "cpu",
-                        "progress": False},
-            }))
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "datasets": {name: {"raw": f"{path}:raw", "resolution_nm": [10, 10, 10]}},
+                        "blocks": {"shape_zyx": args.block, "context_zyx": args.context},
+                        "ffn": {
+                            "checkpoint": str(REPO / "models/ffn_fib25_google.pt"),
+                            "device": "cpu",
+                            "progress": False,
+                        },
+                    }
+                )
+            )
             common = ["--config", str(config), "--dataset", name, "--block", "z0_y0_x0"]
             seeds = tmp / f"{name}_seeds.csv"
             rss_seeds = peak_rss_mb(FFNFLOW + ["place-seeds", *common, "--out", str(seeds)])
             write_seeds_csv(seeds, read_seeds_csv(seeds)[: args.max_seeds])
-            rss_segment = peak_rss_mb(FFNFLOW + [
-                "segment", *common, "--seeds", str(seeds), "--out", str(tmp / f"{name}_b.h5"),
-                "--counters", str(tmp / f"{name}_c.json"),
-            ])
-            results[name] = {"volume_zyx": shape, "voxels": int(np.prod(shape)),
-                             "place_seeds_peak_rss_mb": round(rss_seeds, 1),
-                             "segment_peak_rss_mb": round(rss_segment, 1)}
+            rss_segment = peak_rss_mb(
+                FFNFLOW
+                + [
+                    "segment",
+                    *common,
+                    "--seeds",
+                    str(seeds),
+                    "--out",
+                    str(tmp / f"{name}_b.h5"),
+                    "--counters",
+                    str(tmp / f"{name}_c.json"),
+                ]
+            )
+            results[name] = {
+                "volume_zyx": shape,
+                "voxels": int(np.prod(shape)),
+                "place_seeds_peak_rss_mb": round(rss_seeds, 1),
+                "segment_peak_rss_mb": round(rss_segment, 1),
+            }
             print(name, json.dumps(results[name]), flush=True)
-    s, l = results["small"], results["large"]
+    s, big = results["small"], results["large"]
     summary = {
         **results,
-        "block_zyx": args.block, "context_zyx": args.context,
-        "voxel_ratio": round(l["voxels"] / s["voxels"], 2),
-        "segment_rss_ratio": round(l["segment_peak_rss_mb"] / s["segment_peak_rss_mb"], 3),
-        "place_seeds_rss_ratio": round(l["place_seeds_peak_rss_mb"] / s["place_seeds_peak_rss_mb"], 3),
+        "block_zyx": args.block,
+        "context_zyx": args.context,
+        "voxel_ratio": round(big["voxels"] / s["voxels"], 2),
+        "segment_rss_ratio": round(big["segment_peak_rss_mb"] / s["segment_peak_rss_mb"], 3),
+        "place_seeds_rss_ratio": round(
+            big["place_seeds_peak_rss_mb"] / s["place_seeds_peak_rss_mb"], 3
+        ),
     }
     print(json.dumps(summary))
 

@@ -41,7 +41,9 @@ def run_pipeline(config: dict, work: Path, threads: int) -> dict:
         run_place_seeds(config, "d", block.id, seeds)
         seed_files.append(seeds)
         files[block.id] = work / block.id / "ffn.h5"
-        run_segment(config, "d", block.id, seeds, files[block.id], work / block.id / "c.json", threads)
+        run_segment(
+            config, "d", block.id, seeds, files[block.id], work / block.id / "c.json", threads
+        )
     run_gather_seeds(seed_files, work / "seeds.csv")
     counters = run_stitch(
         config, "d", files, work / "ffn.h5", work / "c.json", work / "m.json", work / "seeds.csv"
@@ -75,28 +77,39 @@ def main() -> None:
                     "blocks": {"shape_zyx": shape, "context_zyx": args.context},
                     "ffn": {
                         "checkpoint": str(REPO / "models/ffn_fib25_google.pt"),
-                        "device": "cpu", "precision": args.precision, "progress": False,
+                        "device": "cpu",
+                        "precision": args.precision,
+                        "progress": False,
                     },
                 }
             )
             counters = run_pipeline(config, tmp / name, args.threads)
             seg = read_volume(f"{tmp}/{name}/ffn.h5:labels")
             metrics = segmentation_metrics(labels, seg)
-            results[name] = {**metrics, "fov_evaluations": counters["fov_evaluations"],
-                             "blocks": counters["blocks"], "stitch_merges": counters["stitch_merges"],
-                             "wall_s": round(counters["wall_s_total"], 1)}
+            results[name] = {
+                **metrics,
+                "fov_evaluations": counters["fov_evaluations"],
+                "blocks": counters["blocks"],
+                "stitch_merges": counters["stitch_merges"],
+                "wall_s": round(counters["wall_s_total"], 1),
+            }
             print(name, json.dumps(results[name]), flush=True)
     w, b = results["whole"], results["blocks"]
     summary = {
-        "crop_zyx": args.crop, "blocks_zyx": args.blocks, "context_zyx": args.context,
-        "whole": w, "blocks": b,
+        "crop_zyx": args.crop,
+        "blocks_zyx": args.blocks,
+        "context_zyx": args.context,
+        "whole": w,
+        "blocks": b,
         "delta_vi_sum": round(b["vi_sum"] - w["vi_sum"], 4),
         "delta_arand": round(b["arand"] - w["arand"], 4),
         "delta_fraction_segmented": round(b["fraction_segmented"] - w["fraction_segmented"], 4),
         "fov_ratio": round(b["fov_evaluations"] / max(w["fov_evaluations"], 1), 2),
     }
-    print(f"VI sum whole {w['vi_sum']:.3f} blocks {b['vi_sum']:.3f} (delta {summary['delta_vi_sum']:+.3f} bits); "
-          f"labelled {w['fraction_segmented']:.3f} vs {b['fraction_segmented']:.3f}")
+    print(
+        f"VI sum whole {w['vi_sum']:.3f} blocks {b['vi_sum']:.3f} (delta {summary['delta_vi_sum']:+.3f} bits); "
+        f"labelled {w['fraction_segmented']:.3f} vs {b['fraction_segmented']:.3f}"
+    )
     print(json.dumps(summary))
 
 

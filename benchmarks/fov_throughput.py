@@ -26,12 +26,12 @@ from ffnflow.volumes import read_volume
 REPO = Path(__file__).resolve().parents[1]
 
 
-def random_fovs(raw: np.ndarray, fov: tuple[int, int, int], n: int, rng: np.random.Generator) -> np.ndarray:
+def random_fovs(
+    raw: np.ndarray, fov: tuple[int, int, int], n: int, rng: np.random.Generator
+) -> np.ndarray:
     """``n`` FOV-sized patches of ``raw`` (z, y, x) at random positions, normalised FIB-25 style."""
     starts = [rng.integers(0, s - f + 1, size=n) for s, f in zip(raw.shape, fov)]
-    patches = [
-        raw[z : z + fov[0], y : y + fov[1], x : x + fov[2]] for z, y, x in zip(*starts)
-    ]
+    patches = [raw[z : z + fov[0], y : y + fov[1], x : x + fov[2]] for z, y, x in zip(*starts)]
     return (np.stack(patches).astype(np.float32) - 128.0) / 33.0
 
 
@@ -64,11 +64,15 @@ def main() -> None:
     predictor = FovPredictor(loaded.model, args.device, args.precision, args.threads)
     arch = loaded.model.arch
     raw = read_volume(args.volume)
-    images = random_fovs(raw, arch.fov_size_zyx, max(64, 2 * max(args.batch_sizes)), np.random.default_rng(0))
+    images = random_fovs(
+        raw, arch.fov_size_zyx, max(64, 2 * max(args.batch_sizes)), np.random.default_rng(0)
+    )
     gflop = arch.flops_per_fov / 1e9
     fov_per_s, gflops = {}, {}
     print(f"model depth {arch.depth}, FOV {arch.fov_size_zyx}, {gflop:.1f} GFLOP per FOV")
-    print(f"device {predictor.device}, precision {args.precision}, torch threads {torch.get_num_threads()}")
+    print(
+        f"device {predictor.device}, precision {args.precision}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'batch':>5} {'FOV/s':>9} {'s/FOV':>8} {'GFLOP/s':>9} {'vs batch 1':>10}")
     for batch in args.batch_sizes:
         rate = measure(predictor, images, batch, args.seconds)

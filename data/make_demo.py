@@ -23,12 +23,16 @@ def main(source: str, target: str) -> None:
     note = "FIB-25 training_sample2 crop z60:160 y150:250 x0:100; see data/LICENSE-neuroproof_examples.txt"
     attrs = {"source": "janelia-flyem/neuroproof_examples training_sample2", "note": note}
     write_volume(f"{target}:raw", raw, (10, 10, 10), attrs=attrs)
-    write_volume(f"{target}:labels", labels.astype(np.uint32), (10, 10, 10), "segmentation", attrs=attrs)
+    write_volume(
+        f"{target}:labels", labels.astype(np.uint32), (10, 10, 10), "segmentation", attrs=attrs
+    )
 
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent
     main(
-        sys.argv[1] if len(sys.argv) > 1 else str(here.parents[1] / "shared/data/fib25_s2_train.h5"),
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else str(here.parents[1] / "shared/data/fib25_s2_train.h5"),
         sys.argv[2] if len(sys.argv) > 2 else str(here / "demo.h5"),
     )

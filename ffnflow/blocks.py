@@ -91,7 +91,9 @@ class BlockGrid:
     def overlapping(self, roi: Roi) -> Iterator[Block]:
         """Blocks whose read ROI intersects ``roi``, in grid order."""
         ranges = []
-        for r0, r1, b, c, n in zip(roi.offset, roi.end, self.block_shape, self.context, self.grid_shape):
+        for r0, r1, b, c, n in zip(
+            roi.offset, roi.end, self.block_shape, self.context, self.grid_shape
+        ):
             ranges.append(range(max(0, (r0 - c) // b), min(n - 1, (r1 + c - 1) // b) + 1))
         for index in itertools.product(*ranges):
             block = self.block(index)

@@ -59,7 +59,9 @@ def overlap_matches(
     sa = size_a[np.searchsorted(ids_a, pairs[0])]
     sb = size_b[np.searchsorted(ids_b, pairs[1])]
     keep = (counts >= min_overlap_voxels) & (counts > min_overlap_fraction * np.minimum(sa, sb))
-    return [(int(x), int(y), int(c)) for x, y, c in zip(pairs[0][keep], pairs[1][keep], counts[keep])]
+    return [
+        (int(x), int(y), int(c)) for x, y, c in zip(pairs[0][keep], pairs[1][keep], counts[keep])
+    ]
 
 
 def relabel_table(

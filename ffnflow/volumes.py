@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -51,7 +51,9 @@ Triple = tuple[int, int, int]
 
 _HDF5_RE = re.compile(r"^(?P<path>.+?\.(?:h5|hdf5|hdf)):(?P<dataset>[^:]+)$", re.IGNORECASE)
 _PRECOMPUTED_PREFIX = "precomputed://file://"
-_SPEC_FORMS = "accepted forms: 'path.h5:dataset' (.h5/.hdf5/.hdf) or 'precomputed://file:///abs/path'"
+_SPEC_FORMS = (
+    "accepted forms: 'path.h5:dataset' (.h5/.hdf5/.hdf) or 'precomputed://file:///abs/path'"
+)
 
 
 # --------------------------------------------------------------------------- ROI
@@ -98,7 +100,10 @@ class Roi:
     def grow(self, context: int | Sequence[int]) -> Roi:
         """Grow by ``context`` voxels on both sides of each axis (negative shrinks)."""
         c = _triple(context, "context")
-        return Roi([o - k for o, k in zip(self.offset, c)], [max(s + 2 * k, 0) for s, k in zip(self.shape, c)])
+        return Roi(
+            [o - k for o, k in zip(self.offset, c)],
+            [max(s + 2 * k, 0) for s, k in zip(self.shape, c)],
+        )
 
     def intersect(self, other: Roi) -> Roi:
         """Overlap of two ROIs (shape 0 along an axis where they are disjoint)."""
@@ -117,7 +122,7 @@ class Roi:
 
 
 # (z, y, x) slices, a Roi (or any object with .offset/.shape), or (offset, shape).
-RoiLike = Union[Roi, tuple[slice, slice, slice], tuple[Sequence[int], Sequence[int]], Any]
+RoiLike = Roi | tuple[slice, slice, slice] | tuple[Sequence[int], Sequence[int]] | Any
 
 
 # -------------------------------------------------------------------- specs
@@ -145,16 +150,22 @@ def parse_volume_spec(spec: str | VolumeSpec) -> VolumeSpec:
     s = spec.strip()
     if s.startswith("precomputed://"):
         if not s.startswith(_PRECOMPUTED_PREFIX):
-            raise InputError(f"volume spec {spec!r}: only local 'file://' precomputed volumes are supported; {_SPEC_FORMS}")
-        local = s[len(_PRECOMPUTED_PREFIX):].rstrip("/")
+            raise InputError(
+                f"volume spec {spec!r}: only local 'file://' precomputed volumes are supported; {_SPEC_FORMS}"
+            )
+        local = s[len(_PRECOMPUTED_PREFIX) :].rstrip("/")
         if not local.startswith("/"):
-            raise InputError(f"volume spec {spec!r}: precomputed path must be absolute; {_SPEC_FORMS}")
+            raise InputError(
+                f"volume spec {spec!r}: precomputed path must be absolute; {_SPEC_FORMS}"
+            )
         path = Path(local)
         return VolumeSpec("precomputed", path, url=f"{_PRECOMPUTED_PREFIX}{path}")
     m = _HDF5_RE.match(s)
     if m is None or not m.group("dataset").strip("/"):
         raise InputError(f"volume spec {spec!r}: unrecognised form; {_SPEC_FORMS}")
-    return VolumeSpec("hdf5", Path(m.group("path")).expanduser().resolve(), dataset=m.group("dataset").strip("/"))
+    return VolumeSpec(
+        "hdf5", Path(m.group("path")).expanduser().resolve(), dataset=m.group("dataset").strip("/")
+    )
 
 
 # ------------------------------------------------------------------- helpers
@@ -174,7 +185,9 @@ def _resolution(res: Any, spec: Any) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         vals = ()
     if len(vals) != 3 or not all(np.isfinite(v) and v > 0 for v in vals):
-        raise InputError(f"volume {spec}: resolution_nm must be 3 positive (z, y, x) numbers, got {res!r}")
+        raise InputError(
+            f"volume {spec}: resolution_nm must be 3 positive (z, y, x) numbers, got {res!r}"
+        )
     return vals  # type: ignore[return-value]
 
 
@@ -202,7 +215,9 @@ def _shape(shape_zyx: Sequence[int], spec: Any) -> Triple:
 
 def _check_layer_type(layer_type: str, spec: Any) -> None:
     if layer_type not in ("image", "segmentation"):
-        raise InputError(f"volume {spec}: layer_type must be 'image' or 'segmentation', got {layer_type!r}")
+        raise InputError(
+            f"volume {spec}: layer_type must be 'image' or 'segmentation', got {layer_type!r}"
+        )
 
 
 def _segmentation_array(array: np.ndarray, spec: Any) -> np.ndarray:
@@ -212,7 +227,9 @@ def _segmentation_array(array: np.ndarray, spec: Any) -> np.ndarray:
     if array.dtype == bool or array.dtype.kind == "u":
         return array.astype(np.uint32)
     if array.dtype.kind != "i":
-        raise InputError(f"volume {spec}: segmentation needs integer labels, got dtype {array.dtype}")
+        raise InputError(
+            f"volume {spec}: segmentation needs integer labels, got dtype {array.dtype}"
+        )
     lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
     if lo < 0:
         raise InputError(f"volume {spec}: segmentation labels must be >= 0, found {lo}")
@@ -227,14 +244,22 @@ def _cast_region(array: np.ndarray, dtype: np.dtype, spec: Any) -> np.ndarray:
         info = np.iinfo(dtype)
         if info.min <= int(array.min()) and int(array.max()) <= info.max:
             return array.astype(dtype)
-    raise InputError(f"volume {spec}: cannot write {array.dtype} data losslessly into a {dtype} volume")
+    raise InputError(
+        f"volume {spec}: cannot write {array.dtype} data losslessly into a {dtype} volume"
+    )
 
 
 def _attr_value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, type(None))) else value
 
 
-def _set_hdf5_attrs(ds: h5py.Dataset, res: Sequence[float], layer_type: str, attrs: Mapping[str, Any] | None, spec: Any) -> None:
+def _set_hdf5_attrs(
+    ds: h5py.Dataset,
+    res: Sequence[float],
+    layer_type: str,
+    attrs: Mapping[str, Any] | None,
+    spec: Any,
+) -> None:
     ds.attrs["resolution_nm"] = np.asarray(res, dtype=np.float64)
     ds.attrs["axes"] = "zyx"
     ds.attrs["layer_type"] = layer_type
@@ -242,7 +267,9 @@ def _set_hdf5_attrs(ds: h5py.Dataset, res: Sequence[float], layer_type: str, att
         try:
             ds.attrs[str(key)] = _attr_value(value)
         except (TypeError, ValueError) as e:
-            raise InputError(f"volume {spec}: attribute {key!r} cannot be stored in HDF5: {e}") from None
+            raise InputError(
+                f"volume {spec}: attribute {key!r} cannot be stored in HDF5: {e}"
+            ) from None
 
 
 def _list_datasets(f: h5py.File) -> list[str]:
@@ -265,7 +292,9 @@ def _get_dataset(f: h5py.File, vs: VolumeSpec) -> h5py.Dataset:
     if not isinstance(obj, h5py.Dataset):
         existing = ", ".join(_list_datasets(f)) or "(none)"
         what = "is a group, not a dataset" if obj is not None else "does not exist"
-        raise InputError(f"volume {vs}: dataset '{vs.dataset}' {what} in {vs.path}; datasets present: {existing}")
+        raise InputError(
+            f"volume {vs}: dataset '{vs.dataset}' {what} in {vs.path}; datasets present: {existing}"
+        )
     return obj
 
 
@@ -284,7 +313,13 @@ class Volume:
     ``shape`` is (z, y, x) voxels, ``resolution_nm`` (z, y, x) nm or None.
     """
 
-    def __init__(self, spec: VolumeSpec, shape: Triple, dtype: np.dtype, resolution_nm: tuple[float, float, float] | None):
+    def __init__(
+        self,
+        spec: VolumeSpec,
+        shape: Triple,
+        dtype: np.dtype,
+        resolution_nm: tuple[float, float, float] | None,
+    ):
         self.spec = spec
         self.shape = shape
         self.dtype = dtype
@@ -360,7 +395,9 @@ class _PrecomputedVolume(Volume):
         try:
             data = self._cv[x0 + ox : x1 + ox, y0 + oy : y1 + oy, z0 + oz : z1 + oz]
         except EmptyVolumeException as e:
-            raise InputError(f"volume {self.spec}: chunk files missing for ROI {roi}: {e}") from None
+            raise InputError(
+                f"volume {self.spec}: chunk files missing for ROI {roi}: {e}"
+            ) from None
         data = np.asarray(data)
         if data.ndim == 4:
             data = data[..., 0]
@@ -374,10 +411,14 @@ def open_volume(spec: str | VolumeSpec) -> Volume:
         with _open_h5(vs.path, "r", vs) as f:
             ds = _get_dataset(f, vs)
             if ds.ndim != 3:
-                raise InputError(f"volume {vs}: expected a 3D (z, y, x) dataset, got shape {ds.shape}")
+                raise InputError(
+                    f"volume {vs}: expected a 3D (z, y, x) dataset, got shape {ds.shape}"
+                )
             dtype = _check_dtype(ds.dtype, vs)
             res = ds.attrs.get("resolution_nm", f.attrs.get("resolution_nm"))
-            return _Hdf5Volume(vs, _triple(ds.shape, "shape"), dtype, None if res is None else _resolution(res, vs))
+            return _Hdf5Volume(
+                vs, _triple(ds.shape, "shape"), dtype, None if res is None else _resolution(res, vs)
+            )
     if not (vs.path / "info").is_file():
         raise InputError(f"volume {vs}: no precomputed volume at {vs.path} (missing 'info' file)")
     try:
@@ -385,7 +426,9 @@ def open_volume(spec: str | VolumeSpec) -> Volume:
     except Exception as e:  # cloud-volume raises many types for a broken info
         raise InputError(f"volume {vs}: cannot open precomputed volume: {e}") from None
     if int(cv.num_channels) != 1:
-        raise InputError(f"volume {vs}: expected a single-channel 3D volume, got {cv.num_channels} channels")
+        raise InputError(
+            f"volume {vs}: expected a single-channel 3D volume, got {cv.num_channels} channels"
+        )
     _check_dtype(cv.dtype, vs)
     return _PrecomputedVolume(vs, cv)
 
@@ -411,7 +454,9 @@ def _prepare(spec: str | VolumeSpec, array: Any, layer_type: str) -> tuple[Volum
     return vs, arr
 
 
-def _precomputed_info(shape: Triple, dtype: np.dtype, res: Sequence[float], layer_type: str, chunks: Triple) -> dict:
+def _precomputed_info(
+    shape: Triple, dtype: np.dtype, res: Sequence[float], layer_type: str, chunks: Triple
+) -> dict:
     from cloudvolume import CloudVolume
 
     seg = layer_type == "segmentation" and dtype in (np.uint32, np.uint64)
@@ -470,11 +515,20 @@ def _copy_except(src: h5py.Group, dst: h5py.Group, skip: str, spec: VolumeSpec) 
             src.copy(obj, dst, name=name)
         elif rest:
             if not isinstance(obj, h5py.Group):
-                raise InputError(f"volume {spec}: '{obj.name}' in {spec.path} is a dataset, not a group")
+                raise InputError(
+                    f"volume {spec}: '{obj.name}' in {spec.path} is a dataset, not a group"
+                )
             _copy_except(obj, dst.create_group(name), rest, spec)
 
 
-def _write_hdf5(vs: VolumeSpec, arr: np.ndarray, res: Sequence[float], layer_type: str, attrs: Mapping[str, Any] | None, chunks: Triple) -> None:
+def _write_hdf5(
+    vs: VolumeSpec,
+    arr: np.ndarray,
+    res: Sequence[float],
+    layer_type: str,
+    attrs: Mapping[str, Any] | None,
+    chunks: Triple,
+) -> None:
     with atomic_output(vs.path) as tmp:
         with h5py.File(tmp, "w") as out:
             if vs.path.exists():
@@ -496,17 +550,23 @@ def create_precomputed(
     """Create an empty precomputed volume (info only) for block-wise writes; not atomic."""
     vs = parse_volume_spec(url)
     if vs.kind != "precomputed":
-        raise InputError(f"volume {vs}: create_precomputed needs a 'precomputed://file:///abs/path' spec")
+        raise InputError(
+            f"volume {vs}: create_precomputed needs a 'precomputed://file:///abs/path' spec"
+        )
     _check_layer_type(layer_type, vs)
     shape = _shape(shape_zyx, vs)
     dt = _check_dtype(dtype, vs)
     if layer_type == "segmentation" and dt not in (np.uint32, np.uint64):
         raise InputError(f"volume {vs}: segmentation layers need uint32 or uint64, got {dt}")
-    if dt == bool:
+    if dt == np.bool_:
         raise InputError(f"volume {vs}: precomputed layers cannot store bool; use uint8")
     if (vs.path / "info").exists() and not overwrite:
-        raise InputError(f"volume {vs}: {vs.path} already exists (pass overwrite=True to replace its info)")
-    info = _precomputed_info(shape, dt, _resolution(resolution_nm, vs), layer_type, _chunks(chunk_zyx, shape, vs))
+        raise InputError(
+            f"volume {vs}: {vs.path} already exists (pass overwrite=True to replace its info)"
+        )
+    info = _precomputed_info(
+        shape, dt, _resolution(resolution_nm, vs), layer_type, _chunks(chunk_zyx, shape, vs)
+    )
     _cloudvolume(vs.url, info=info).commit_info()
     return vs
 
@@ -539,7 +599,14 @@ def create_volume(
     with f:
         if vs.dataset in f:
             raise InputError(f"volume {vs}: dataset '{vs.dataset}' already exists in {vs.path}")
-        ds = f.create_dataset(vs.dataset, shape=shape, dtype=dt, chunks=_chunks(chunk_zyx, shape, vs), compression="gzip", fillvalue=0)
+        ds = f.create_dataset(
+            vs.dataset,
+            shape=shape,
+            dtype=dt,
+            chunks=_chunks(chunk_zyx, shape, vs),
+            compression="gzip",
+            fillvalue=0,
+        )
         _set_hdf5_attrs(ds, res, layer_type, attrs, vs)
     return vs
 
@@ -553,7 +620,9 @@ def write_region(spec: str | VolumeSpec, array: np.ndarray, offset_zyx: Sequence
     vol = open_volume(spec)
     arr = np.asarray(array)
     if arr.ndim != 3:
-        raise InputError(f"volume {vol.spec}: region must be a 3D (z, y, x) array, got shape {arr.shape}")
+        raise InputError(
+            f"volume {vol.spec}: region must be a 3D (z, y, x) array, got shape {arr.shape}"
+        )
     roi = vol.to_roi(Roi(offset_zyx, arr.shape))
     arr = _cast_region(arr, vol.dtype, vol.spec)
     if isinstance(vol, _Hdf5Volume):
@@ -570,4 +639,6 @@ def write_region(spec: str | VolumeSpec, array: np.ndarray, offset_zyx: Sequence
             )
     (z0, y0, x0), (z1, y1, x1) = roi.offset, roi.end
     ox, oy, oz = vol._voxel_offset
-    vol._cv[x0 + ox : x1 + ox, y0 + oy : y1 + oy, z0 + oz : z1 + oz] = np.asfortranarray(arr.transpose(2, 1, 0))
+    vol._cv[x0 + ox : x1 + ox, y0 + oy : y1 + oy, z0 + oz : z1 + oz] = np.asfortranarray(
+        arr.transpose(2, 1, 0)
+    )

@@ -6,9 +6,6 @@ rule evaluate:
         segmentation=result("{dataset}", "segmentation.h5"),
     output:
         metrics=result("{dataset}", "metrics.json"),
-    params:
-        dataset=dataset_params("labels"),
-        code=stage_code("evaluate"),
     log:
         result("{dataset}", "logs/evaluate.log"),
     conda:
@@ -16,5 +13,8 @@ rule evaluate:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        dataset=dataset_params("labels"),
+        code=stage_code("evaluate"),
     script:
         "../scripts/evaluate.py"

@@ -8,11 +8,6 @@ rule segment:
     output:
         segmentation=block_result("{dataset}", "{block}", "ffn.h5"),
         counters=block_result("{dataset}", "{block}", "ffn_counters.json"),
-    params:
-        dataset=dataset_params(*IMAGE_KEYS),
-        ffn=config["ffn"],
-        blocks=config["blocks"],
-        code=stage_code("segment"),
     log:
         block_result("{dataset}", "{block}", "logs/segment.log"),
     benchmark:
@@ -23,6 +18,11 @@ rule segment:
     resources:
         gpu=1,
         mem_mb=8000,
+    params:
+        dataset=dataset_params(*IMAGE_KEYS),
+        ffn=config["ffn"],
+        blocks=config["blocks"],
+        code=stage_code("segment"),
     script:
         "../scripts/segment.py"
 
@@ -35,9 +35,6 @@ rule stitch_blocks:
         segmentation=result("{dataset}", "ffn.h5"),
         counters=result("{dataset}", "ffn_counters.json"),
         merges=result("{dataset}", "stitch_merges.json"),
-    params:
-        blocks=config["blocks"],
-        code=stage_code("stitch"),
     log:
         result("{dataset}", "logs/stitch_blocks.log"),
     benchmark:
@@ -47,6 +44,9 @@ rule stitch_blocks:
     threads: 1
     resources:
         mem_mb=8000,
+    params:
+        blocks=config["blocks"],
+        code=stage_code("stitch"),
     script:
         "../scripts/stitch_blocks.py"
 
@@ -57,12 +57,12 @@ rule publish_segmentation:
     output:
         segmentation=result("{dataset}", "segmentation.h5"),
         precomputed=directory(result("{dataset}", "segmentation.precomputed")),
-    params:
-        code=stage_code("publish"),
     log:
         result("{dataset}", "logs/publish_segmentation.log"),
     conda:
         "../envs/ffnflow.yaml"
     threads: 1
+    params:
+        code=stage_code("publish"),
     script:
         "../scripts/publish_segmentation.py"

@@ -85,7 +85,7 @@ def free_port() -> int:
 def node_hardware() -> dict[str, str]:
     """``slurmd -C``: NodeName=... CPUs=... RealMemory=... of this machine."""
     out = subprocess.run([which("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("NodeName="))
+    line = next(s for s in out.splitlines() if s.startswith("NodeName="))
     return dict(item.split("=", 1) for item in line.split())
 
 

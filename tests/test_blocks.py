@@ -95,7 +95,11 @@ def test_tubes_crossing_blocks_end_up_as_one_label_each(tmp_path):
     config = validate_config(
         {
             "datasets": {"t": {"raw": f"{raw_path}:raw", "resolution_nm": [10, 10, 10]}},
-            "blocks": {"shape_zyx": [20, 20, 20], "context_zyx": [8, 8, 8], "min_overlap_voxels": 10},
+            "blocks": {
+                "shape_zyx": [20, 20, 20],
+                "context_zyx": [8, 8, 8],
+                "min_overlap_voxels": 10,
+            },
         }
     )
     grid = BlockGrid(gt.shape, (20, 20, 20), (8, 8, 8))
@@ -112,7 +116,12 @@ def test_tubes_crossing_blocks_end_up_as_one_label_each(tmp_path):
         result = Canvas(image, OraclePredictor(), options).segment_all(seeds)
         files[block.id] = tmp_path / block.id / "ffn.h5"
         write_block_segmentation(
-            files[block.id], result.labels, block, len(result.origins), result.counters, (10, 10, 10)
+            files[block.id],
+            result.labels,
+            block,
+            len(result.origins),
+            result.counters,
+            (10, 10, 10),
         )
     out = tmp_path / "ffn.h5"
     counters = run_stitch(config, "t", files, out, tmp_path / "c.json", tmp_path / "m.json")

@@ -36,7 +36,10 @@ def test_shipped_config_is_valid():
         ({"ffn": {"inference": {"move_threshold": "high"}}}, "ffn.inference.move_threshold"),
         ({"ffn": {"device": "tpu"}}, "config key ffn.device"),
         ({"datasets": {"d1": {"raw": 5, "resolution_nm": [1, 1, 1]}}}, "datasets.d1.raw"),
-        ({"datasets": {"d1": {"raw": "a.h5:r", "resolution_nm": [1, 1]}}}, "datasets.d1.resolution_nm"),
+        (
+            {"datasets": {"d1": {"raw": "a.h5:r", "resolution_nm": [1, 1]}}},
+            "datasets.d1.resolution_nm",
+        ),
         ({"datasets": {"d1": {"raw": "a.h5:r"}}}, "datasets.d1: 'resolution_nm' is a required"),
         ({"datasets": {"bad name": {"raw": "a.h5:r", "resolution_nm": [1, 1, 1]}}}, "bad name"),
     ],

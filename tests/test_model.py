@@ -19,7 +19,9 @@ from tests.conftest import DEFAULT_CHECKPOINT, GOOGLE_CROP, GOOGLE_NPZ, needs_sh
 
 def test_output_shape_is_input_shape_and_update_is_residual():
     torch.manual_seed(0)
-    model = ConvStack3D(ModelArch(depth=3, features=4, fov_size_zyx=(9, 11, 13), deltas_zyx=(2, 3, 3)))
+    model = ConvStack3D(
+        ModelArch(depth=3, features=4, fov_size_zyx=(9, 11, 13), deltas_zyx=(2, 3, 3))
+    )
     image = torch.randn(2, 1, 9, 11, 13)
     pom = torch.randn(2, 1, 9, 11, 13)
     out = model(image, pom)
@@ -69,7 +71,9 @@ def test_shipped_checkpoint_equals_fresh_import(tmp_path):
 
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(1)
-    model = ConvStack3D(ModelArch(depth=2, features=4, fov_size_zyx=(9, 9, 9), deltas_zyx=(3, 3, 3)))
+    model = ConvStack3D(
+        ModelArch(depth=2, features=4, fov_size_zyx=(9, 9, 9), deltas_zyx=(3, 3, 3))
+    )
     path = tmp_path / "m.pt"
     save_checkpoint(path, model, {"image_mean": 100, "image_stddev": 20}, (8, 8, 30))
     loaded = load_checkpoint(path)

@@ -10,10 +10,10 @@ import torch
 from ffnflow.config import validate_config
 from ffnflow.errors import InputError
 from ffnflow.ffn.model import ConvStack3D, ModelArch, save_checkpoint
+from ffnflow.seeds import write_seeds_csv
 from ffnflow.stages.evaluate import run_evaluate
 from ffnflow.stages.seeds import run_place_seeds
 from ffnflow.stages.segment import run_segment
-from ffnflow.seeds import write_seeds_csv
 
 
 def make_config(tmp_path: Path, raw: str, labels: str | None = None, **dataset) -> dict:
@@ -58,7 +58,9 @@ def test_bad_raw_volume(tmp_path, raw_data, spec_suffix, message):
 
 
 def test_raw_labels_shape_mismatch(tmp_path):
-    path = h5(tmp_path, "v.h5", raw=np.zeros((8, 8, 8), np.uint8), labels=np.zeros((8, 8, 9), np.uint32))
+    path = h5(
+        tmp_path, "v.h5", raw=np.zeros((8, 8, 8), np.uint8), labels=np.zeros((8, 8, 9), np.uint32)
+    )
     cfg = make_config(tmp_path, f"{path}:raw", f"{path}:labels")
     out = tmp_path / "out"
     out.mkdir()
@@ -77,7 +79,9 @@ def test_resolution_mismatch_with_the_volume_and_the_model(tmp_path):
     with pytest.raises(InputError, match=r"resolution_nm \[10.0, 10.0, 10.0\] differs .*v.h5:raw"):
         run_place_seeds(make_config(tmp_path, f"{path}:raw"), "d", "z0_y0_x0", out / "seeds.csv")
 
-    model = ConvStack3D(ModelArch(depth=1, features=2, fov_size_zyx=(5, 5, 5), deltas_zyx=(2, 2, 2)))
+    model = ConvStack3D(
+        ModelArch(depth=1, features=2, fov_size_zyx=(5, 5, 5), deltas_zyx=(2, 2, 2))
+    )
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, model, {"image_mean": 128, "image_stddev": 33}, (30, 4, 4))
     ok = h5(tmp_path, "ok.h5", raw=np.zeros((20, 20, 20), np.uint8))
@@ -91,7 +95,9 @@ def test_resolution_mismatch_with_the_volume_and_the_model(tmp_path):
 
 def test_seed_outside_volume_and_evaluation_without_labels(tmp_path):
     torch.manual_seed(0)
-    model = ConvStack3D(ModelArch(depth=1, features=2, fov_size_zyx=(5, 5, 5), deltas_zyx=(2, 2, 2)))
+    model = ConvStack3D(
+        ModelArch(depth=1, features=2, fov_size_zyx=(5, 5, 5), deltas_zyx=(2, 2, 2))
+    )
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, model, {"image_mean": 128, "image_stddev": 33}, (10, 10, 10))
     path = h5(tmp_path, "v.h5", raw=np.zeros((20, 20, 20), np.uint8))

@@ -42,8 +42,18 @@ def test_parse_volume_spec(tmp_path, monkeypatch):
     vs = parse_volume_spec("sub/a.hdf5:grp/raw")
     assert (vs.kind, vs.path, vs.dataset) == ("hdf5", tmp_path / "sub" / "a.hdf5", "grp/raw")
     vs = parse_volume_spec("precomputed://file:///data/seg/")
-    assert (vs.kind, str(vs.path), vs.url) == ("precomputed", "/data/seg", "precomputed://file:///data/seg")
-    for bad in ["a.zarr:raw", "a.h5", "precomputed://gs://bucket/x", "precomputed://file://rel/x", ""]:
+    assert (vs.kind, str(vs.path), vs.url) == (
+        "precomputed",
+        "/data/seg",
+        "precomputed://file:///data/seg",
+    )
+    for bad in [
+        "a.zarr:raw",
+        "a.h5",
+        "precomputed://gs://bucket/x",
+        "precomputed://file://rel/x",
+        "",
+    ]:
         with pytest.raises(InputError, match="path.h5:dataset"):
             parse_volume_spec(bad)
 
@@ -65,8 +75,13 @@ def test_roi():
 @pytest.mark.parametrize("kind", [0, 1], ids=["hdf5", "precomputed"])
 @pytest.mark.parametrize(
     "dtype,layer,expect",
-    [(np.uint8, "image", np.uint8), (np.uint64, "segmentation", np.uint64), (np.uint32, "segmentation", np.uint32),
-     (np.int64, "segmentation", np.uint32), (np.float32, "image", np.float32)],
+    [
+        (np.uint8, "image", np.uint8),
+        (np.uint64, "segmentation", np.uint64),
+        (np.uint32, "segmentation", np.uint32),
+        (np.int64, "segmentation", np.uint32),
+        (np.float32, "image", np.float32),
+    ],
 )
 def test_round_trip(tmp_path, kind, dtype, layer, expect):
     spec = _specs(tmp_path, "v")[kind]
@@ -80,7 +95,11 @@ def test_round_trip(tmp_path, kind, dtype, layer, expect):
     assert out.shape == (5, 7, 9) and out.dtype == expect
     np.testing.assert_array_equal(out, data)
     # axis order: value at (z, y, x) must be z*63 + y*9 + x (mod 251 for uint8)
-    assert out[4, 0, 0] == data.flat[4 * 63] and out[0, 6, 0] == data.flat[54] and out[0, 0, 8] == data.flat[8]
+    assert (
+        out[4, 0, 0] == data.flat[4 * 63]
+        and out[0, 6, 0] == data.flat[54]
+        and out[0, 0, 8] == data.flat[8]
+    )
     assert _leftovers(tmp_path) == []
 
 
@@ -90,7 +109,9 @@ def test_block_read(tmp_path, kind):
     data = _img((5, 7, 9), np.uint16)
     write_volume(spec, data, RES, chunk_zyx=(2, 3, 4))
     vol = open_volume(spec)
-    np.testing.assert_array_equal(vol.read((slice(1, 4), slice(2, 7), slice(3, 5))), data[1:4, 2:7, 3:5])
+    np.testing.assert_array_equal(
+        vol.read((slice(1, 4), slice(2, 7), slice(3, 5))), data[1:4, 2:7, 3:5]
+    )
     np.testing.assert_array_equal(vol.read(Roi((2, 1, 0), (1, 3, 9))), data[2:3, 1:4, 0:9])
     np.testing.assert_array_equal(read_volume(spec, ((0, 0, 5), (5, 7, 4))), data[:, :, 5:])
 
@@ -150,7 +171,11 @@ def test_bad_inputs_hdf5(tmp_path):
     with pytest.raises(InputError, match=r"bad\.h5:strs.*unsupported dtype"):
         open_volume(f"{path}:strs")
     vol = open_volume(f"{path}:raw")
-    for roi in [Roi((0, 0, 0), (6, 7, 9)), (slice(-1, 2), slice(None), slice(None)), Roi((4, 6, 8), (0, 1, 1))]:
+    for roi in [
+        Roi((0, 0, 0), (6, 7, 9)),
+        (slice(-1, 2), slice(None), slice(None)),
+        Roi((4, 6, 8), (0, 1, 1)),
+    ]:
         with pytest.raises(InputError, match=r"bad\.h5:raw.*outside"):
             vol.read(roi)
 
@@ -175,7 +200,11 @@ def test_bad_write_leaves_original(tmp_path, kind):
         (np.zeros((2, 2), np.uint8), {}, "3D"),
         (np.full((2, 2, 2), -1, np.int32), {"layer_type": "segmentation"}, ">= 0"),
         (np.zeros((2, 2, 2), np.float32), {"layer_type": "segmentation"}, "integer"),
-        (_img(), {"attrs": {"bad": [{"x": 1}]}} if kind == 0 else {"layer_type": "blob"}, "bad|layer_type"),
+        (
+            _img(),
+            {"attrs": {"bad": [{"x": 1}]}} if kind == 0 else {"layer_type": "blob"},
+            "bad|layer_type",
+        ),
     ]:
         with pytest.raises(InputError, match=msg) as e:
             write_volume(spec, bad, RES, **kw)
@@ -192,7 +221,11 @@ def test_atomic_output(tmp_path):
     assert target.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
     with pytest.raises(RuntimeError):
         with atomic_output(target) as tmp:
-            assert tmp.parent == target.parent and tmp.suffix == ".json" and tmp.name.startswith(".out.tmp-")
+            assert (
+                tmp.parent == target.parent
+                and tmp.suffix == ".json"
+                and tmp.name.startswith(".out.tmp-")
+            )
             tmp.write_text("partial")
             raise RuntimeError("boom")
     assert target.read_text().startswith('{\n  "a"')

@@ -20,7 +20,17 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 def snakemake(workdir: Path, configfile: Path, *targets: str) -> subprocess.CompletedProcess:
     """``snakemake --cores 2 --configfile my.yaml -- TARGETS`` from the repository, as a user
     would type it, with the outputs kept in ``workdir``."""
-    cmd = [str(SNAKEMAKE), "--cores", "2", "--directory", str(workdir), "--configfile", str(configfile), "--", *targets]
+    cmd = [
+        str(SNAKEMAKE),
+        "--cores",
+        "2",
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--",
+        *targets,
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
 
@@ -119,7 +129,10 @@ def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tin
     config = tmp_path / "my.yaml"
     config.write_text(
         json.dumps(
-            {"datasets": {"mydata": dataset}, "blocks": {"shape_zyx": [24, 48, 48], "context_zyx": [16, 16, 16]}}
+            {
+                "datasets": {"mydata": dataset},
+                "blocks": {"shape_zyx": [24, 48, 48], "context_zyx": [16, 16, 16]},
+            }
         )
     )
     target = "results/mydata/segmentation.h5"
@@ -128,8 +141,20 @@ def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tin
 
     work = tmp_path / "work"
     first_block = work / "results/mydata/blocks/z0_y0_x0/ffn.h5"
-    cmd = [str(SNAKEMAKE), "--cores", "1", "--directory", str(work), "--configfile", str(config), "--", target]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        str(SNAKEMAKE),
+        "--cores",
+        "1",
+        "--directory",
+        str(work),
+        "--configfile",
+        str(config),
+        "--",
+        target,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while not first_block.exists() and proc.poll() is None and time.monotonic() < deadline:

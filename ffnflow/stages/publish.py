@@ -42,7 +42,11 @@ def run_publish(
     with atomic_output(precomputed_dir) as tmp:
         url = f"precomputed://file://{Path(tmp).resolve()}"
         create_precomputed(
-            url, source.shape, np.uint64, dataset.resolution_nm, "segmentation",
+            url,
+            source.shape,
+            np.uint64,
+            dataset.resolution_nm,
+            "segmentation",
             chunk_zyx=chunk_shape(grid.block_shape),
         )
         for block in grid:

@@ -13,8 +13,8 @@ from ffnflow.atomic import write_json_atomic
 from ffnflow.blocks import Block
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
-from ffnflow.ffn.canvas import Canvas, InferenceOptions
 from ffnflow.ffn.batched import BatchedCanvas
+from ffnflow.ffn.canvas import Canvas, InferenceOptions
 from ffnflow.ffn.model import ConvStack3D, load_checkpoint
 from ffnflow.ffn.predictor import FovPredictor, resolve_device
 from ffnflow.seeds import read_seeds_csv
@@ -70,7 +70,10 @@ def make_predictor(
     if max_objects == "auto":
         max_objects = 16 if device.type == "cuda" else 1
     predictor = FovPredictor(
-        model, str(device), ffn_cfg["precision"], threads,
+        model,
+        str(device),
+        ffn_cfg["precision"],
+        threads,
         fixed_batch=max_objects if max_objects > 1 and device.type == "cuda" else 1,
     )
     return predictor, int(max_objects)
@@ -111,8 +114,13 @@ def run_segment(
     options = InferenceOptions(**ffn_cfg["inference"])
     predictor, max_objects = make_predictor(loaded.model, ffn_cfg, threads)
     log.info(
-        "segmenting %s block %s (read ROI %s) from %d seeds on %s (%s)", dataset.name, block_id,
-        block.read_roi, len(seeds), predictor.device, ffn_cfg["precision"],
+        "segmenting %s block %s (read ROI %s) from %d seeds on %s (%s)",
+        dataset.name,
+        block_id,
+        block.read_roi,
+        len(seeds),
+        predictor.device,
+        ffn_cfg["precision"],
     )
     image = normalize_image(raw, dataset)
     movement_mask = read_mask(dataset, block.read_roi)
@@ -130,12 +138,20 @@ def run_segment(
         "fov_per_s": result.counters["fov_evaluations"] / max(result.counters["wall_s"], 1e-9),
     }
     write_block_segmentation(
-        segmentation_h5, result.labels, block, len(result.origins), counters,
-        dataset.resolution_nm, checkpoint=str(loaded.path),
+        segmentation_h5,
+        result.labels,
+        block,
+        len(result.origins),
+        counters,
+        dataset.resolution_nm,
+        checkpoint=str(loaded.path),
     )
     origins = {
-        str(k): [int(v) for v in np.add(o, block.read_roi.offset)] for k, o in result.origins.items()
+        str(k): [int(v) for v in np.add(o, block.read_roi.offset)]
+        for k, o in result.origins.items()
     }
-    write_json_atomic(counters_json, {"block": block_id, "counters": counters, "origins_zyx": origins})
+    write_json_atomic(
+        counters_json, {"block": block_id, "counters": counters, "origins_zyx": origins}
+    )
     log.info("block %s: %s", block_id, json.dumps(counters))
     return counters

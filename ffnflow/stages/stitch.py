@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,31 @@ from ffnflow.atomic import atomic_output, write_json_atomic
 from ffnflow.blocks import Block, BlockGrid
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
-from ffnflow.stages.common import block_grid, open_raw
 from ffnflow.seeds import read_seeds_csv
+from ffnflow.stages.common import block_grid, open_raw
 from ffnflow.stitch import overlap_matches, relabel_table
 from ffnflow.volumes import Roi, create_volume, write_region
 
 log = logging.getLogger("ffnflow")
 
 ADDITIVE_COUNTERS = (
-    "seeds_total", "seeds_skipped_border", "seeds_skipped_segmented", "seeds_skipped_masked",
-    "seeds_rejected_boundary", "seeds_tried", "seeds_rejected_weak", "seeds_rejected_small",
-    "seeds_accepted", "fov_evaluations", "voxels_overlapping", "wall_s",
-    "fov_evaluations_total", "fov_evaluations_discarded", "objects_restarted",
-    "objects_cancelled", "forward_batches",
+    "seeds_total",
+    "seeds_skipped_border",
+    "seeds_skipped_segmented",
+    "seeds_skipped_masked",
+    "seeds_rejected_boundary",
+    "seeds_tried",
+    "seeds_rejected_weak",
+    "seeds_rejected_small",
+    "seeds_accepted",
+    "fov_evaluations",
+    "voxels_overlapping",
+    "wall_s",
+    "fov_evaluations_total",
+    "fov_evaluations_discarded",
+    "objects_restarted",
+    "objects_cancelled",
+    "forward_batches",
 )
 
 
@@ -137,12 +148,22 @@ def run_stitch(
     with atomic_output(segmentation_h5) as tmp:
         spec = f"{tmp}:labels"
         create_volume(
-            spec, raw.shape, np.uint64, dataset.resolution_nm, "segmentation",
+            spec,
+            raw.shape,
+            np.uint64,
+            dataset.resolution_nm,
+            "segmentation",
             chunk_zyx=[min(64, s) for s in grid.block_shape],
         )
         for block in blocks:
-            write_region(spec, _final_labels(block, grid, block_files, offsets, table), block.write_roi.offset)
-    counters: dict[str, Any] = {k: sum(c.get(k, 0) for c in block_counters) for k in ADDITIVE_COUNTERS}
+            write_region(
+                spec,
+                _final_labels(block, grid, block_files, offsets, table),
+                block.write_roi.offset,
+            )
+    counters: dict[str, Any] = {
+        k: sum(c.get(k, 0) for c in block_counters) for k in ADDITIVE_COUNTERS
+    }
     counters.update(
         blocks=len(blocks),
         block_segments=total,
@@ -158,5 +179,11 @@ def run_stitch(
         )
     write_json_atomic(merges_json, {"merges": merges, "id_offsets": offsets, "segments": n_final})
     write_json_atomic(counters_json, {"counters": counters})
-    log.info("stitched %d blocks of %s: %d merges, %d segments", len(blocks), dataset_name, len(merges), n_final)
+    log.info(
+        "stitched %d blocks of %s: %d merges, %d segments",
+        len(blocks),
+        dataset_name,
+        len(merges),
+        n_final,
+    )
     return counters
