@@ -1,5 +1,5 @@
 # ffnflow: flood-filling network reconstruction of neurons in EM volumes.
-# Stages: seeds -> FFN segmentation -> evaluation. See README.md.
+# Stages: mask net -> seeds -> FFN segmentation -> evaluation. See README.md.
 
 from snakemake.utils import min_version
 
@@ -10,9 +10,11 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/mask.smk"
 include: "rules/seeds.smk"
 include: "rules/segment.smk"
 include: "rules/evaluate.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -11,6 +11,13 @@ Examples (a volume small enough for one block has the block ``z0_y0_x0``)::
     ffnflow evaluate --config config.yaml --dataset demo --segmentation ffn.h5:labels \
         --out metrics.json
     ffnflow import-google-weights --npz ffn_fib25_google.npz --out models/ffn_fib25_google.pt
+    ffnflow predict-mask --config config.yaml --dataset demo --block z0_y0_x0 --out block_mask.h5
+    ffnflow gather-mask --config config.yaml --dataset demo --block-dir results/demo/blocks \
+        --out mask.h5
+    ffnflow train-masknet --config train.yaml --out masknet.pt --log-csv log.csv --curve loss.png
+    ffnflow prepare-ffn-examples --config train.yaml --dataset fib25 --out fib25_examples.npz
+    ffnflow train-ffn --config train.yaml --examples fib25=fib25_examples.npz --out ffn.pt \
+        --log-csv log.csv --curve loss.png
 """
 
 from __future__ import annotations
@@ -66,6 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmentation", required=True, help="volume spec, e.g. ffn.h5:labels")
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("predict-mask", help="mask net probabilities of one block")
+    _add_config_args(p, block=True)
+    p.add_argument("--out", required=True, help="HDF5 file; one uint8 dataset per class")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+    p = sub.add_parser("gather-mask", help="assemble the blocks' mask predictions into mask.h5")
+    _add_config_args(p)
+    p.add_argument("--block-dir", required=True, help="folder with BLOCK/mask.h5 per block")
+    p.add_argument("--out", required=True, help="mask.h5 (datasets boundary, exclude, ...)")
+
+    p = sub.add_parser("train-masknet", help="train the mask net (masknet.training)")
+    p.add_argument("--config", required=True, help="workflow config YAML")
+    p.add_argument("--out", required=True, help="checkpoint (.pt) to write")
+    p.add_argument("--log-csv", required=True, help="CSV log of the losses per step")
+    p.add_argument("--curve", required=True, help="loss curve (PNG)")
+    p.add_argument("--state", default=None, help="training state to resume from (default OUT.state)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+    p = sub.add_parser("prepare-ffn-examples", help="partition-balanced FFN training centres of a dataset")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="examples file (.npz)")
+
+    p = sub.add_parser("train-ffn", help="train an FFN (ffn_training)")
+    p.add_argument("--config", required=True, help="workflow config YAML")
+    p.add_argument("--examples", nargs="*", default=[], metavar="NAME=FILE",
+                   help="examples file per training dataset (default results/ffn_training/examples/NAME.npz, made if missing)")
+    p.add_argument("--out", required=True, help="checkpoint (.pt) to write")
+    p.add_argument("--log-csv", required=True, help="CSV log of the training steps")
+    p.add_argument("--curve", required=True, help="loss curves (PNG)")
+    p.add_argument("--state", default=None, help="training state to resume from (default OUT.state)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
     p = sub.add_parser("import-google-weights", help="convert google/ffn npz weights")
     p.add_argument("--npz", required=True)
     p.add_argument("--out", required=True)
@@ -112,6 +151,27 @@ def run(args: argparse.Namespace) -> None:
 
         metrics = run_evaluate(load_config(args.config), args.dataset, args.segmentation, args.out)
         print(json.dumps(metrics, indent=2))
+    elif args.command == "predict-mask":
+        from ffnflow.stages.mask import run_predict_mask
+
+        run_predict_mask(load_config(args.config), args.dataset, args.block, args.out, args.threads)
+    elif args.command == "gather-mask":
+        from ffnflow.stages.common import block_grid, open_raw
+        from ffnflow.stages.mask import run_gather_mask
+
+        config = load_config(args.config)
+        grid = block_grid(config, open_raw(dataset_config(config, args.dataset)).shape)
+        files = {b: Path(args.block_dir) / b / "mask.h5" for b in grid.ids}
+        run_gather_mask(config, args.dataset, files, args.out)
+    elif args.command == "train-masknet":
+        from ffnflow.stages.mask import run_train_masknet
+
+        state = args.state or f"{args.out}.state"
+        run_train_masknet(
+            load_config(args.config), args.out, args.log_csv, args.curve, state, args.threads
+        )
+    elif args.command in ("prepare-ffn-examples", "train-ffn"):
+        _run_ffn_training(args, load_config(args.config))
     elif args.command == "import-google-weights":
         from ffnflow.ffn.model import ConvStack3D, import_google_npz, save_checkpoint
 
@@ -126,6 +186,27 @@ def run(args: argparse.Namespace) -> None:
             provenance=f"google/ffn weights imported from {args.npz} (Apache-2.0)",
         )
         print(f"wrote {args.out}")
+
+
+def _run_ffn_training(args: argparse.Namespace, config: dict) -> None:
+    from ffnflow.ffn.training.run import TrainingInterrupted
+    from ffnflow.stages.train_ffn import run_prepare_ffn_examples, run_train_ffn
+
+    if args.command == "prepare-ffn-examples":
+        run_prepare_ffn_examples(config, args.dataset, args.out)
+        return
+    examples = {}
+    for item in args.examples:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InputError(f"--examples {item!r}: expected NAME=FILE")
+        examples[name] = path
+    state = args.state or f"{args.out}.state"
+    try:
+        run_train_ffn(config, examples, args.out, args.log_csv, args.curve, state, args.threads)
+    except TrainingInterrupted as exc:
+        print(f"ffnflow: {exc}", file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

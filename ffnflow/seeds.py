@@ -17,7 +17,7 @@ from skimage.feature import peak_local_max
 from ffnflow.atomic import atomic_output
 from ffnflow.errors import InputError
 
-SEED_POLICIES = ("sobel_peaks",)
+SEED_POLICIES = ("sobel_peaks", "masknet_peaks")
 
 
 def sobel_edges(image: np.ndarray, sigma: float = 49.0 / 6.0) -> np.ndarray:
@@ -48,31 +48,85 @@ def sobel_peak_seeds(
     edges = sobel_edges(image)
     if mask is not None:
         edges[mask] = True
+    return _distance_peaks(edges, mask, resolution_nm, min_distance, noise_seed, 0.0)
+
+
+def _distance_peaks(
+    edges: np.ndarray,
+    mask: np.ndarray | None,
+    resolution_nm: tuple[float, float, float],
+    min_distance: int,
+    noise_seed: int,
+    min_value: float,
+) -> np.ndarray:
+    """Peaks (sorted z, y, x) of the distance to ``edges``, at least ``min_value``, not in ``mask``."""
     res = np.asarray(resolution_nm, dtype=np.float64)
     if not edges.any():
-        dist = np.ones(image.shape, dtype=np.float32)
+        dist = np.ones(edges.shape, dtype=np.float32)
     else:
         dist = edt.edt(
             (~edges).astype(np.uint8), anisotropy=tuple(res / res.min()), black_border=False
         ).astype(np.float32)
     noise = np.random.RandomState(noise_seed).random_sample(dist.shape) * 1e-4
-    peaks = peak_local_max(dist + noise, min_distance=min_distance, threshold_abs=0, threshold_rel=0)
+    peaks = peak_local_max(
+        dist + noise, min_distance=min_distance, threshold_abs=min_value, threshold_rel=0
+    )
     if mask is not None and len(peaks):
         peaks = peaks[~mask[tuple(peaks.T)]]
     order = np.lexsort(peaks.T[::-1]) if len(peaks) else np.zeros(0, dtype=np.int64)
     return peaks[order].astype(np.int64).reshape(-1, 3)
 
 
+def masknet_peak_seeds(
+    boundary: np.ndarray,
+    mask: np.ndarray | None = None,
+    resolution_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    min_distance: int = 3,
+    threshold: float = 0.5,
+    min_boundary_distance: float = 2.0,
+    noise_seed: int = 42,
+) -> np.ndarray:
+    """Seeds at peaks of the distance to the mask net's boundaries.
+
+    ``boundary`` is the boundary probability (float 0..1, z, y, x); voxels at or above
+    ``threshold`` are membrane. ``mask`` (True = excluded, e.g. the mask net's
+    ``exclude``) counts as membrane too and never holds a seed. Peaks are those of
+    :func:`sobel_peak_seeds` (anisotropic distances in units of the finest axis, fixed
+    tie-breaking noise, ``peak_local_max(min_distance)``), keeping only those at least
+    ``min_boundary_distance`` from membrane. Returns ``(N, 3)`` int64 z, y, x positions
+    in ascending lexicographic order.
+    """
+    if boundary.ndim != 3:
+        raise InputError(f"seed placement boundary map: expected 3D z,y,x, got shape {boundary.shape}")
+    edges = boundary >= threshold
+    if mask is not None:
+        edges |= mask
+    return _distance_peaks(edges, mask, resolution_nm, min_distance, noise_seed, min_boundary_distance)
+
+
 def place_seeds(
-    image: np.ndarray,
+    image: np.ndarray | None,
     policy: str = "sobel_peaks",
     mask: np.ndarray | None = None,
     resolution_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
     min_distance: int = 3,
+    boundary: np.ndarray | None = None,
+    boundary_threshold: float = 0.5,
+    min_boundary_distance: float = 2.0,
 ) -> np.ndarray:
-    """Seeds (``(N, 3)`` z, y, x) for an image by the named policy."""
+    """Seeds (``(N, 3)`` z, y, x) by the named policy.
+
+    ``sobel_peaks`` reads the normalised ``image``; ``masknet_peaks`` the mask net's
+    ``boundary`` probability (0..1) with ``boundary_threshold`` and ``min_boundary_distance``.
+    """
     if policy == "sobel_peaks":
         return sobel_peak_seeds(image, mask, resolution_nm, min_distance)
+    if policy == "masknet_peaks":
+        if boundary is None:
+            raise InputError("seeds.policy masknet_peaks: needs the mask net's boundary map")
+        return masknet_peak_seeds(
+            boundary, mask, resolution_nm, min_distance, boundary_threshold, min_boundary_distance
+        )
     raise InputError(f"seeds.policy {policy!r}: choose one of {list(SEED_POLICIES)}")
 
 

@@ -48,7 +48,10 @@ def all_blocks(name):
     """Input function: a per-block file of every block of the dataset."""
 
     def files(wildcards):
-        return {b: block_result(wildcards.dataset, b, name) for b in BLOCK_IDS[wildcards.dataset]}
+        return {
+            b: block_result(wildcards.dataset, b, name)
+            for b in BLOCK_IDS[wildcards.dataset]
+        }
 
     return files
 
@@ -93,7 +96,12 @@ def results_summary():
     """Where the results of this run are, for the message at the end of a run."""
     lines = ["", "ffnflow results:"]
     for name in DATASETS:
-        for file in ("segmentation.h5", "segmentation.precomputed", "metrics.json", "seeds.csv"):
+        for file in (
+            "segmentation.h5",
+            "segmentation.precomputed",
+            "metrics.json",
+            "seeds.csv",
+        ):
             if os.path.exists(result(name, file)):
                 lines.append(f"  {os.path.abspath(result(name, file))}")
     return "\n".join(lines)
@@ -101,3 +109,56 @@ def results_summary():
 
 onsuccess:
     print(results_summary())
+
+
+# -- the mask net (rules/mask.smk) ---------------------------------------------------------
+
+from ffnflow.stages.common import check_masknet_config, masknet_enabled
+
+check_masknet_config(config)
+config["masknet"]["checkpoint"] = workflow_path(config["masknet"]["checkpoint"])
+
+MASKNET_TRAINED = "results/masknet_training/masknet.pt"
+
+
+def masknet_checkpoint(wildcards):
+    return config["masknet"]["checkpoint"]
+
+
+def masknet_input(wildcards):
+    """Input function: the dataset's mask.h5 as input `mask` when the mask net is enabled."""
+    return (
+        {"mask": result(wildcards.dataset, "mask.h5")}
+        if masknet_enabled(config)
+        else {}
+    )
+
+
+def masknet_use_params():
+    """The masknet options that decide how mask.h5 gates seeds and flood filling."""
+    if not masknet_enabled(config):
+        return {"enabled": False}
+    keys = (
+        "enabled",
+        "boundary_threshold",
+        "exclude_threshold",
+        "seed_min_boundary_distance",
+        "fill_excluded_sections",
+    )
+    return {key: config["masknet"][key] for key in keys}
+
+
+def masknet_prediction_params():
+    """The masknet options that change its predictions (the tile size does not)."""
+    return {key: config["masknet"][key] for key in ("checkpoint", "device")}
+
+
+def masknet_training_params():
+    """Training options and the config entries of the training datasets."""
+    training = config["masknet"]["training"]
+    return {
+        "training": training,
+        "datasets": {
+            name: config["datasets"].get(name) for name in training["datasets"]
+        },
+    }

@@ -1,12 +1,16 @@
-# Stage 2: seed placement (distance-transform peaks) per block, in global z,y,x voxels.
+# Stage 2: seed placement (distance-transform peaks) per block, in global z,y,x voxels;
+# with the mask net enabled, on its boundaries and never where it excludes.
 
 
 rule place_seeds:
+    input:
+        unpack(masknet_input),
     output:
         seeds=block_result("{dataset}", "{block}", "seeds.csv"),
     params:
         dataset=dataset_params(*IMAGE_KEYS),
         seeds=config["seeds"],
+        masknet=masknet_use_params(),
         blocks=config["blocks"],
         code=stage_code("seeds"),
     log:
@@ -17,7 +21,7 @@ rule place_seeds:
     resources:
         mem_mb=4000,
     script:
-        "../scripts/place_seeds.py"
+        "../scripts/place_block_seeds.py"
 
 
 rule gather_seeds:

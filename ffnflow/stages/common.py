@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,3 +68,114 @@ def block_grid(config: dict[str, Any], volume_shape: tuple[int, int, int]) -> Bl
 def dataset_block(config: dict[str, Any], dataset: DatasetConfig, block_id: str) -> Block:
     """A block of a dataset's grid by id (``z{i}_y{j}_x{k}``)."""
     return block_grid(config, open_raw(dataset).shape).block_by_id(block_id)
+
+
+# -- the mask net's output (results/NAME/mask.h5) as masks for seeds and flood filling -------
+
+
+def masknet_enabled(config: dict[str, Any]) -> bool:
+    """Whether the config predicts mask.h5 and gates seeds and flood filling with it."""
+    return bool(config.get("masknet", {}).get("enabled", False))
+
+
+def check_masknet_config(config: dict[str, Any]) -> None:
+    """Fail when options need the mask net but it is off."""
+    if config["seeds"]["policy"] == "masknet_peaks" and not masknet_enabled(config):
+        raise InputError(
+            "config key seeds.policy: masknet_peaks needs the mask net; set masknet.enabled: true "
+            "or choose seeds.policy: sobel_peaks"
+        )
+
+
+def probability_level(threshold: float) -> int:
+    """The uint8 level (probability x 255, rounded) from which a stored probability is
+    ``>= threshold``."""
+    return int(np.ceil(threshold * 255.0 - 1e-9))
+
+
+def open_mask_output(mask_h5: str | Path, name: str, shape: tuple[int, int, int]) -> Volume:
+    """A dataset (``boundary``, ``exclude``, ...) of a mask net output, checked against ``shape``."""
+    volume = open_volume(f"{mask_h5}:{name}")
+    if volume.shape != tuple(shape):
+        raise InputError(
+            f"mask net output {mask_h5}:{name}: shape {volume.shape} != raw shape {tuple(shape)}; "
+            f"was it predicted for another volume?"
+        )
+    return volume
+
+
+def read_exclude(
+    config: dict[str, Any], mask_h5: str | Path, shape: tuple[int, int, int], roi: Roi | None = None
+) -> np.ndarray:
+    """Voxels (bool) whose mask net ``exclude`` probability is >= masknet.exclude_threshold."""
+    level = probability_level(config["masknet"]["exclude_threshold"])
+    return open_mask_output(mask_h5, "exclude", shape).read(roi) >= level
+
+
+def read_movement_mask(
+    config: dict[str, Any],
+    dataset: DatasetConfig,
+    roi: Roi | None = None,
+    mask_h5: str | Path | None = None,
+) -> np.ndarray | None:
+    """Where no seed, FFN move or label may go (bool, True = excluded) over a ROI, or None.
+
+    The dataset's ``mask``, and with the mask net enabled, its ``exclude`` output
+    (``mask_h5``, required then) at or above ``masknet.exclude_threshold``.
+    """
+    mask = read_mask(dataset, roi)
+    if not masknet_enabled(config):
+        return mask
+    if mask_h5 is None:
+        raise InputError(
+            f"dataset {dataset.name}: masknet.enabled is true but no mask net output "
+            f"(results/{dataset.name}/mask.h5) was given"
+        )
+    exclude = read_exclude(config, mask_h5, open_raw(dataset).shape, roi)
+    return exclude if mask is None else mask | exclude
+
+
+def fill_excluded(image: np.ndarray, excluded: np.ndarray, max_gap: int) -> np.ndarray:
+    """``image`` (z, y, x) with excluded voxels interpolated along z (a copy).
+
+    Each excluded voxel takes the linear interpolation between the nearest kept voxels
+    above and below it in its (y, x) column when they are at most ``max_gap`` sections
+    apart (gap length), the nearest kept voxel when only one side has one within
+    ``max_gap``, else 0 (the mean of a normalised image).
+    """
+    out = np.array(image, dtype=np.float32, copy=True)
+    if max_gap <= 0 or not excluded.any():
+        return out
+    nz = image.shape[0]
+    z = np.arange(nz).reshape(-1, 1, 1)
+    kept = ~excluded
+    below = np.maximum.accumulate(np.where(kept, z, -1), axis=0)
+    above = np.minimum.accumulate(np.where(kept, z, nz)[::-1], axis=0)[::-1]
+    has_below = (below >= 0) & (z - below <= max_gap)
+    has_above = (above < nz) & (above - z <= max_gap)
+    vb = np.take_along_axis(image, np.clip(below, 0, nz - 1), axis=0)
+    va = np.take_along_axis(image, np.clip(above, 0, nz - 1), axis=0)
+    both = has_below & has_above & (above - below - 1 <= max_gap)
+    w = (z - below) / np.maximum(above - below, 1)
+    value = np.where(both, vb + w * (va - vb), np.where(has_below, vb, np.where(has_above, va, 0.0)))
+    out[excluded] = value[excluded]
+    return out
+
+
+def ffn_inputs(
+    config: dict[str, Any],
+    dataset: DatasetConfig,
+    roi: Roi | None = None,
+    mask_h5: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The FFN's normalised image and movement mask (bool, True = excluded) over a ROI.
+
+    With the mask net enabled, excluded voxels of the image are filled along z
+    (:func:`fill_excluded`, ``masknet.fill_excluded_sections``) so that the FFN sees
+    through a lost section; they stay masked, so never seeded, entered or labelled.
+    """
+    image = normalize_image(read_raw(dataset, roi), dataset)
+    mask = read_movement_mask(config, dataset, roi, mask_h5)
+    if mask is not None and masknet_enabled(config):
+        image = fill_excluded(image, mask, int(config["masknet"]["fill_excluded_sections"]))
+    return image, mask

@@ -11,24 +11,53 @@ import numpy as np
 
 from ffnflow.config import dataset_config
 from ffnflow.seeds import place_seeds, read_seeds_csv, write_seeds_csv
-from ffnflow.stages.common import dataset_block, normalize_image, read_mask, read_raw
+from ffnflow.stages.common import (
+    check_masknet_config,
+    dataset_block,
+    normalize_image,
+    open_mask_output,
+    open_raw,
+    probability_level,
+    read_movement_mask,
+    read_raw,
+)
 
 log = logging.getLogger("ffnflow")
 
 
 def run_place_seeds(
-    config: dict[str, Any], dataset_name: str, block_id: str, seeds_csv: str | Path
+    config: dict[str, Any],
+    dataset_name: str,
+    block_id: str,
+    seeds_csv: str | Path,
+    mask_h5: str | Path | None = None,
 ) -> int:
-    """Seeds of one block: placed on its read ROI, kept in its write ROI, global z, y, x."""
+    """Seeds of one block: placed on its read ROI, kept in its write ROI, global z, y, x.
+
+    ``mask_h5`` is the dataset's mask net output, needed when ``masknet.enabled``: seeds
+    then never lie where it excludes, and ``masknet_peaks`` reads its boundaries.
+    """
+    check_masknet_config(config)
     dataset = dataset_config(config, dataset_name)
     block = dataset_block(config, dataset, block_id)
-    image = normalize_image(read_raw(dataset, block.read_roi), dataset)
+    policy = config["seeds"]["policy"]
+    mask = read_movement_mask(config, dataset, block.read_roi, mask_h5)
+    image = boundary = None
+    if policy == "masknet_peaks":
+        shape = open_raw(dataset).shape
+        boundary = open_mask_output(mask_h5, "boundary", shape).read(block.read_roi) / 255.0
+    else:
+        image = normalize_image(read_raw(dataset, block.read_roi), dataset)
+    mn = config["masknet"]
     local = place_seeds(
         image,
-        policy=config["seeds"]["policy"],
-        mask=read_mask(dataset, block.read_roi),
+        policy=policy,
+        mask=mask,
         resolution_nm=dataset.resolution_nm,
         min_distance=config["seeds"]["min_distance"],
+        boundary=boundary,
+        boundary_threshold=probability_level(mn["boundary_threshold"]) / 255.0 - 1e-6,
+        min_boundary_distance=mn["seed_min_boundary_distance"],
     )
     seeds = local + np.asarray(block.read_roi.offset)
     inside = np.all((seeds >= block.write_roi.offset) & (seeds < block.write_roi.end), axis=1)

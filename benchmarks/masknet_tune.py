@@ -1,0 +1,109 @@
+"""Choose the mask net thresholds on the training half (x 0-125) of fib25_s2_train.h5.
+
+The held-out half (x 125-250) is for measuring only (benchmarks/masknet_acceptance.py);
+thresholds are chosen here, on the data the model was trained on. Prints, for a grid of
+``masknet.boundary_threshold`` and ``masknet.seed_min_boundary_distance``, the boundary
+precision/recall and the two seed figures, and for a grid of ``masknet.exclude_threshold``
+the flagged fractions of injected defects and of clean voxels. Last line: one JSON object.
+
+Usage: python benchmarks/masknet_tune.py [--model models/masknet_fib25.pt] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ffnflow.masknet.defects import DEFECT_KINDS, inject_defects
+from ffnflow.masknet.model import load_masknet
+from ffnflow.masknet.prediction import predict_roi, quantize
+from ffnflow.masknet.targets import boundary_target
+from ffnflow.seeds import masknet_peak_seeds
+from ffnflow.volumes import Roi
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from masknet_acceptance import FIB25, REPO, precision_recall, seed_quality
+
+TRAIN_X = slice(0, 125)
+
+
+def predict(loaded, raw: np.ndarray) -> np.ndarray:
+    """Quantised probabilities (uint8, (C, z, y, x)) of a crop treated as a volume."""
+    prob = predict_roi(
+        loaded.model,
+        lambda r: raw[r.to_slices()],
+        raw.shape,
+        Roi.from_shape(raw.shape),
+        loaded.normalization,
+        (96, 96, 96),
+    )
+    return quantize(prob)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=str(REPO / "models" / "masknet_fib25.pt"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_masknet(args.model)
+    with h5py.File(FIB25, "r") as f:
+        raw, labels = f["raw"][:, :, TRAIN_X], f["labels"][:, :, TRAIN_X]
+    q = predict(loaded, raw)
+    truth = boundary_target(labels)
+    result: dict = {"boundary": [], "seeds": [], "exclusion": []}
+    for t in (0.3, 0.4, 0.5, 0.6, 0.7):
+        level = int(np.ceil(t * 255))
+        p, r = precision_recall(q[0] >= level, truth)
+        result["boundary"].append({"threshold": t, "precision": p, "recall": r})
+        for d in (1.0, 2.0, 3.0):
+            seeds = masknet_peak_seeds(
+                q[0] / 255.0, q[1] >= 128, threshold=level / 255 - 1e-6, min_boundary_distance=d
+            )
+            result["seeds"].append(
+                {"threshold": t, "min_boundary_distance": d, **seed_quality(seeds, labels)}
+            )
+        print(json.dumps(result["boundary"][-1]), json.dumps(result["seeds"][-3:]), flush=True)
+    rng = np.random.default_rng(99)
+    shape = (64, 96, 96)
+    crops = []
+    for kind in DEFECT_KINDS:
+        for _ in range(3):
+            start = [int(rng.integers(0, s - c + 1)) for s, c in zip(raw.shape, shape)]
+            sel = tuple(slice(a, a + c) for a, c in zip(start, shape))
+            d = inject_defects(raw[sel].astype(np.float32), rng, [kind], labels[sel])
+            crops.append(
+                (
+                    kind,
+                    d.exclude,
+                    predict(loaded, np.clip(np.rint(d.image), 0, 255).astype(np.uint8))[1],
+                )
+            )
+    for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        level = int(np.ceil(t * 255))
+        row = {"threshold": t}
+        for kind in DEFECT_KINDS:
+            sel = [(e, p) for k, e, p in crops if k == kind]
+            row[kind] = sum(int(((p >= level) & e).sum()) for e, p in sel) / sum(
+                int(e.sum()) for e, _ in sel
+            )
+        row["all_defects"] = sum(int(((p >= level) & e).sum()) for _, e, p in crops) / sum(
+            int(e.sum()) for _, e, _ in crops
+        )
+        row["clean_in_crops"] = sum(int(((p >= level) & ~e).sum()) for _, e, p in crops) / sum(
+            int((~e).sum()) for _, e, _ in crops
+        )
+        row["clean_volume"] = float((q[1] >= level).mean())
+        result["exclusion"].append(row)
+        print(json.dumps(row), flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
