@@ -15,40 +15,6 @@ if config["ffn_training"]["init_checkpoint"]:
     )
 
 
-def ffn_examples_params(wildcards):
-    """What a dataset's training centres depend on (the rule reruns when it changes)."""
-    t = config["ffn_training"]
-    return {
-        "regions": t["datasets"].get(wildcards.dataset),
-        "examples": t["examples"],
-        "fov_size_zyx": t["arch"]["fov_size_zyx"],
-        "deltas_zyx": t["arch"]["deltas_zyx"],
-        "labels": config["datasets"][wildcards.dataset].get("labels"),
-    }
-
-
-def ffn_training_inputs(wildcards):
-    """Input function: the examples file of every training dataset, and the initial weights."""
-    t = config["ffn_training"]
-    inputs = {
-        name: f"results/ffn_training/examples/{name}.npz" for name in t["datasets"]
-    }
-    if t["init_checkpoint"]:
-        inputs["init_checkpoint"] = t["init_checkpoint"]
-    return inputs
-
-
-def ffn_training_params():
-    """Training options, the inference options of validation and the training datasets' entries."""
-    t = config["ffn_training"]
-    names = set(t["datasets"]) | {t["validation"]["dataset"]} - {None}
-    return {
-        "training": t,
-        "inference": config["ffn"]["inference"],
-        "datasets": {name: config["datasets"].get(name) for name in sorted(names)},
-    }
-
-
 rule prepare_ffn_examples:
     output:
         examples="results/ffn_training/examples/{dataset}.npz",
