@@ -19,6 +19,7 @@ from ffnflow.atomic import atomic_output, write_json_atomic
 from ffnflow.blocks import Block, BlockGrid
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
+from ffnflow.ffn.canvas import COUNTER_NAMES
 from ffnflow.seeds import read_seeds_csv
 from ffnflow.stages.common import block_grid, open_raw
 from ffnflow.stitch import overlap_matches, relabel_table
@@ -26,18 +27,9 @@ from ffnflow.volumes import Roi, create_volume, write_region
 
 log = logging.getLogger("ffnflow")
 
-ADDITIVE_COUNTERS = (
-    "seeds_total",
-    "seeds_skipped_border",
-    "seeds_skipped_segmented",
-    "seeds_skipped_masked",
-    "seeds_rejected_boundary",
-    "seeds_tried",
-    "seeds_rejected_weak",
-    "seeds_rejected_small",
-    "seeds_accepted",
-    "fov_evaluations",
-    "voxels_overlapping",
+# Block counters that add up across blocks. Voxel counts do not (blocks overlap in their
+# context): the stitched volume's labelled voxels are counted while it is written.
+ADDITIVE_COUNTERS = tuple(n for n in COUNTER_NAMES if n != "voxels_segmented") + (
     "wall_s",
     "fov_evaluations_total",
     "fov_evaluations_discarded",
@@ -155,16 +147,20 @@ def run_stitch(
             "segmentation",
             chunk_zyx=[min(64, s) for s in grid.block_shape],
         )
+        voxels_segmented = 0
         for block in blocks:
+            labels = _final_labels(block, grid, block_files, offsets, table)
+            voxels_segmented += int(np.count_nonzero(labels))
             write_region(
                 spec,
-                _final_labels(block, grid, block_files, offsets, table),
+                labels,
                 block.write_roi.offset,
             )
     counters: dict[str, Any] = {
         k: sum(c.get(k, 0) for c in block_counters) for k in ADDITIVE_COUNTERS
     }
     counters.update(
+        voxels_segmented=voxels_segmented,
         blocks=len(blocks),
         block_segments=total,
         stitch_merges=len(merges),
