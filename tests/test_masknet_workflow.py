@@ -47,21 +47,19 @@ def test_masknet_peaks_without_the_mask_net_is_a_config_error(tmp_path, tiny_em)
     assert "seeds.policy" in proc.stderr and "masknet.enabled" in proc.stderr
 
 
-def test_seeds_depend_on_mask_h5_only_when_enabled(tmp_path, tiny_em):
-    work = tmp_path / "work"
+def test_seeds_depend_on_mask_h5_when_enabled(tmp_path, tiny_em):
     model = tmp_path / "m.pt"
-    save_masknet(
-        model,
-        MaskNet(MaskNetArch(features=2, levels=2)),
-        {"image_mean": 128, "image_stddev": 33},
-        (10, 10, 10),
-    )
+    arch = MaskNetArch(features=2, levels=2)
+    save_masknet(model, MaskNet(arch), {"image_mean": 128, "image_stddev": 33}, (10, 10, 10))
     on = write_config(tmp_path / "on.yaml", tiny_em, {"checkpoint": str(model)})
-    assert {"predict_mask", "gather_mask", "place_seeds"} <= planned_jobs(
-        work, [on], "results/mydata/seeds.csv"
-    )
+    jobs = planned_jobs(tmp_path / "work", [on], "results/mydata/seeds.csv")
+    assert {"predict_mask", "gather_mask", "place_seeds"} <= jobs
+
+
+def test_seeds_do_not_depend_on_mask_h5_when_disabled(tmp_path, tiny_em):
     off = write_config(tmp_path / "off.yaml", tiny_em, {"enabled": False}, "sobel_peaks")
-    assert planned_jobs(work, [off], "results/mydata/seeds.csv") == {"place_seeds", "gather_seeds"}
+    jobs = planned_jobs(tmp_path / "work", [off], "results/mydata/seeds.csv")
+    assert jobs == {"place_seeds", "gather_seeds"}
 
 
 @pytest.mark.slow
@@ -93,3 +91,35 @@ def test_mask_h5_and_seeds_from_the_workflow(tmp_path, tiny_em):
         "place_seeds",
         "gather_seeds",
     }
+
+
+def _segment_takes_the_mask():
+    import inspect
+
+    from ffnflow.stages.segment import run_segment
+
+    return "mask_h5" in inspect.signature(run_segment).parameters
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MASKNET_MODEL.exists(), reason="no shipped mask net model")
+@pytest.mark.skipif(not _segment_takes_the_mask(), reason="rule segment does not read mask.h5 yet")
+def test_segmentation_leaves_excluded_voxels_unlabelled(tmp_path, tiny_em):
+    with h5py.File(tiny_em, "a") as f:
+        f["raw"][24] = 220  # a blank section
+    config = write_config(tmp_path / "my.yaml", tiny_em)
+    work = tmp_path / "work"
+    proc = snakemake(work, config, "results/mydata/metrics.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = work / "results" / "mydata"
+    with h5py.File(results / "mask.h5", "r") as f:
+        excluded = f["exclude"][...] >= 51  # masknet.exclude_threshold 0.2
+    with h5py.File(results / "segmentation.h5", "r") as f:
+        labels = f["labels"][...]
+    assert excluded[24].mean() > 0.9
+    assert labels.any() and not labels[excluded].any()
+    # The segmentation reads mask.h5: a threshold change redoes seeds and segmentation.
+    change = tmp_path / "threshold.yaml"
+    change.write_text(json.dumps({"masknet": {"exclude_threshold": 0.7}}))
+    jobs = planned_jobs(work, [config, change], "results/mydata/metrics.json")
+    assert {"place_seeds", "segment"} <= jobs and "predict_mask" not in jobs

@@ -140,7 +140,7 @@ def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tin
     assert snakemake(reference, config, target).returncode == 0
 
     work = tmp_path / "work"
-    first_block = work / "results/mydata/blocks/z0_y0_x0/ffn.h5"
+    blocks = work / "results/mydata/blocks"
     cmd = [
         str(SNAKEMAKE),
         "--cores",
@@ -155,21 +155,25 @@ def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tin
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+    # With one core, the second segment job starts only after Snakemake has recorded the
+    # first one as finished: kill then, in the middle of the second block.
     try:
         deadline = time.monotonic() + 300
-        while not first_block.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert first_block.exists(), "the first block never finished"
+        while len(list(blocks.glob("*/logs/segment.log"))) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.1)
+        finished = {p: p.stat().st_mtime_ns for p in blocks.glob("*/ffn.h5")}
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert len(finished) == 1, finished
     assert not (work / target).exists(), "the run finished before it could be killed"
-    finished_mtime = first_block.stat().st_mtime_ns
 
     unlock = subprocess.run([*cmd[:-2], "--unlock"], cwd=REPO, capture_output=True, text=True)
     assert unlock.returncode == 0, unlock.stderr[-2000:]
     rerun = snakemake(work, config, target)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert first_block.stat().st_mtime_ns == finished_mtime, "a finished block was recomputed"
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"finished block {path} was recomputed"
     with h5py.File(work / target, "r") as a, h5py.File(reference / target, "r") as b:
         assert np.array_equal(a["labels"][...], b["labels"][...])
