@@ -251,7 +251,8 @@ def train_ffn(
         Prefetcher(trainer.make_example, trainer.next_example, options.prefetch) as source,
     ):
         trainer.source = source
-        while trainer.step < end and not received and not out_of_time():
+        # The time limit is checked after each step, so every run makes at least one.
+        while trainer.step < end and not received:
             loss_sum += trainer.train_step()
             loss_count += 1
             step = trainer.step
@@ -263,6 +264,8 @@ def train_ffn(
             if step % options.checkpoint_every == 0:
                 save_state()
                 plot_training_curves(curve_png, rows)
+            if out_of_time():
+                break
         trainer.source = None
     timed_out = trainer.step < options.steps and not received and out_of_time()
     if timed_out and loss_count:
