@@ -344,7 +344,7 @@ def train_masknet(
                 "step %d/%d loss %.4f val %.4f (%.0f s)",
                 step,
                 options.steps,
-                loss,
+                row["loss"],
                 row["val_loss"],
                 row["wall_s"],
             )
