@@ -6,7 +6,9 @@ on x 0-125 only). Both methods start from the same seeds, google/ffn's PolicyPea
 (:func:`ffnflow.seeds.sobel_peak_seeds`) on the crop:
 
 - FFN: ffnflow's :class:`~ffnflow.ffn.canvas.Canvas` with the checkpoint and the FIB-25
-  reference inference options (the schema's ``ffn.inference`` defaults), the crop alone;
+  reference inference options (the schema's ``ffn.inference`` defaults; ``--inference``
+  changes some, e.g. ``'{"disco_seed_threshold": -1}'``, best on x 0-125's held-out crop
+  z 112-160, y 0-96), the crop alone;
 - baseline: :func:`ffnflow.baselines.seeded_watershed` of the Gaussian-smoothed image,
   sigma 0.5 voxels (chosen on x 0-125: VI sum 5.40 / 5.63 / 6.04 / 5.89 for sigma
   0.5 / 1 / 2 / 3).
@@ -53,6 +55,11 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.5, help="watershed smoothing (voxels)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--save", default=None, help="write both segmentations to this HDF5 file")
+    parser.add_argument(
+        "--inference",
+        default="{}",
+        help="inference options changed from the reference ones, JSON, e.g. '{\"disco_seed_threshold\": -1}'",
+    )
     args = parser.parse_args()
 
     with h5py.File(args.data, "r") as f:
@@ -72,7 +79,8 @@ def main() -> None:
     print(f"seeded watershed: {ws}", flush=True)
 
     predictor = FovPredictor(loaded.model, device="cpu", threads=args.threads)
-    canvas = Canvas(image, predictor, InferenceOptions())
+    inference = json.loads(args.inference)
+    canvas = Canvas(image, predictor, InferenceOptions(**inference))
     result = canvas.segment_all(seeds, progress=True)
     ffn = rounded(
         {
@@ -108,6 +116,7 @@ def main() -> None:
                         "learning_rate",
                     )
                 },
+                "inference": inference,
                 "seeds": len(seeds),
                 "crop_x": list(args.x),
                 "threads": torch.get_num_threads(),

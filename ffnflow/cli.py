@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("place-seeds", help="place FFN seeds of one block (CSV z,y,x)")
     _add_config_args(p, block=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--mask", default=None, help="the dataset's mask.h5 (when masknet.enabled)")
 
     p = sub.add_parser("segment", help="flood-fill one block from its seeds")
     _add_config_args(p, block=True)
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="HDF5 file; dataset 'labels' is written")
     p.add_argument("--counters", required=True, help="JSON file for counters")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--mask", default=None, help="the dataset's mask.h5 (when masknet.enabled)")
 
     p = sub.add_parser("stitch", help="stitch block segmentations into one volume")
     _add_config_args(p)
@@ -130,13 +132,13 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "place-seeds":
         from ffnflow.stages.seeds import run_place_seeds
 
-        run_place_seeds(load_config(args.config), args.dataset, args.block, args.out)
+        run_place_seeds(load_config(args.config), args.dataset, args.block, args.out, args.mask)
     elif args.command == "segment":
         from ffnflow.stages.segment import run_segment
 
         run_segment(
             load_config(args.config), args.dataset, args.block, args.seeds, args.out,
-            args.counters, args.threads,
+            args.counters, args.threads, args.mask,
         )
     elif args.command == "stitch":
         from ffnflow.stages.common import block_grid, open_raw

@@ -3,6 +3,7 @@
 
 rule segment:
     input:
+        unpack(masknet_input),
         seeds=block_result("{dataset}", "{block}", "seeds.csv"),
         checkpoint=ffn_checkpoint,
     output:
@@ -21,6 +22,7 @@ rule segment:
     params:
         dataset=dataset_params(*IMAGE_KEYS),
         ffn=config["ffn"],
+        masknet=masknet_use_params(),
         blocks=config["blocks"],
         code=stage_code("segment"),
     script:

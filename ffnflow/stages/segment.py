@@ -18,13 +18,7 @@ from ffnflow.ffn.canvas import Canvas, InferenceOptions
 from ffnflow.ffn.model import ConvStack3D, load_checkpoint
 from ffnflow.ffn.predictor import FovPredictor, resolve_device
 from ffnflow.seeds import read_seeds_csv
-from ffnflow.stages.common import (
-    check_resolution,
-    dataset_block,
-    normalize_image,
-    read_mask,
-    read_raw,
-)
+from ffnflow.stages.common import check_resolution, dataset_block, ffn_inputs
 from ffnflow.volumes import write_volume
 
 log = logging.getLogger("ffnflow")
@@ -87,12 +81,16 @@ def run_segment(
     segmentation_h5: str | Path,
     counters_json: str | Path,
     threads: int | None = None,
+    mask_h5: str | Path | None = None,
 ) -> dict[str, Any]:
     """Flood-fill one block; write its labels over the read ROI (local ids) and counters.
 
     The labels go to ``segmentation_h5:labels`` (uint64, z, y, x of the read ROI) with the
     attributes ``read_offset_zyx``, ``write_offset_zyx``, ``write_shape_zyx`` and
     ``n_segments``; seeds are global z, y, x voxels inside the block's write ROI.
+    ``mask_h5`` is the dataset's mask net output, needed when ``masknet.enabled``: its
+    excluded voxels are never seeded, entered or labelled, and are filled along z in the
+    FFN's image (``ffnflow.stages.common.ffn_inputs``).
     """
     dataset = dataset_config(config, dataset_name)
     block = dataset_block(config, dataset, block_id)
@@ -110,7 +108,6 @@ def run_segment(
             f"seed file {seeds_csv}: {int((~inside).sum())} seeds lie outside block {block_id} "
             f"write ROI {block.write_roi} (first: {seeds[~inside][0].tolist()})"
         )
-    raw = read_raw(dataset, block.read_roi)
     options = InferenceOptions(**ffn_cfg["inference"])
     predictor, max_objects = make_predictor(loaded.model, ffn_cfg, threads)
     log.info(
@@ -122,8 +119,7 @@ def run_segment(
         predictor.device,
         ffn_cfg["precision"],
     )
-    image = normalize_image(raw, dataset)
-    movement_mask = read_mask(dataset, block.read_roi)
+    image, movement_mask = ffn_inputs(config, dataset, block.read_roi, mask_h5)
     if max_objects == 1:
         canvas = Canvas(image, predictor, options, movement_mask=movement_mask)
     else:
