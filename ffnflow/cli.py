@@ -90,21 +90,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint (.pt) to write")
     p.add_argument("--log-csv", required=True, help="CSV log of the losses per step")
     p.add_argument("--curve", required=True, help="loss curve (PNG)")
-    p.add_argument("--state", default=None, help="training state to resume from (default OUT.state)")
+    p.add_argument(
+        "--state", default=None, help="training state to resume from (default OUT.state)"
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
-    p = sub.add_parser("prepare-ffn-examples", help="partition-balanced FFN training centres of a dataset")
+    p = sub.add_parser(
+        "prepare-ffn-examples", help="partition-balanced FFN training centres of a dataset"
+    )
     _add_config_args(p)
     p.add_argument("--out", required=True, help="examples file (.npz)")
 
     p = sub.add_parser("train-ffn", help="train an FFN (ffn_training)")
     p.add_argument("--config", required=True, help="workflow config YAML")
-    p.add_argument("--examples", nargs="*", default=[], metavar="NAME=FILE",
-                   help="examples file per training dataset (default results/ffn_training/examples/NAME.npz, made if missing)")
+    p.add_argument(
+        "--examples",
+        nargs="*",
+        default=[],
+        metavar="NAME=FILE",
+        help="examples file per training dataset (default results/ffn_training/examples/NAME.npz, made if missing)",
+    )
     p.add_argument("--out", required=True, help="checkpoint (.pt) to write")
     p.add_argument("--log-csv", required=True, help="CSV log of the training steps")
     p.add_argument("--curve", required=True, help="loss curves (PNG)")
-    p.add_argument("--state", default=None, help="training state to resume from (default OUT.state)")
+    p.add_argument(
+        "--state", default=None, help="training state to resume from (default OUT.state)"
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
     p = sub.add_parser("import-google-weights", help="convert google/ffn npz weights")
@@ -137,8 +148,14 @@ def run(args: argparse.Namespace) -> None:
         from ffnflow.stages.segment import run_segment
 
         run_segment(
-            load_config(args.config), args.dataset, args.block, args.seeds, args.out,
-            args.counters, args.threads, args.mask,
+            load_config(args.config),
+            args.dataset,
+            args.block,
+            args.seeds,
+            args.out,
+            args.counters,
+            args.threads,
+            args.mask,
         )
     elif args.command == "stitch":
         from ffnflow.stages.common import block_grid, open_raw

@@ -84,6 +84,8 @@ class DatasetConfig:
     image_stddev: float
     labels: str | None = None
     mask: str | None = None
+    synapses: str | None = None
+    synapse_units: str = "nm"
 
 
 def dataset_config(config: dict[str, Any], name: str) -> DatasetConfig:
@@ -100,4 +102,6 @@ def dataset_config(config: dict[str, Any], name: str) -> DatasetConfig:
         image_stddev=float(d.get("image_stddev", 33)),
         labels=d.get("labels"),
         mask=d.get("mask"),
+        synapses=d.get("synapses"),
+        synapse_units=d.get("synapse_units", "nm"),
     )

@@ -97,11 +97,15 @@ def masknet_peak_seeds(
     in ascending lexicographic order.
     """
     if boundary.ndim != 3:
-        raise InputError(f"seed placement boundary map: expected 3D z,y,x, got shape {boundary.shape}")
+        raise InputError(
+            f"seed placement boundary map: expected 3D z,y,x, got shape {boundary.shape}"
+        )
     edges = boundary >= threshold
     if mask is not None:
         edges |= mask
-    return _distance_peaks(edges, mask, resolution_nm, min_distance, noise_seed, min_boundary_distance)
+    return _distance_peaks(
+        edges, mask, resolution_nm, min_distance, noise_seed, min_boundary_distance
+    )
 
 
 def place_seeds(

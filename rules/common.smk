@@ -32,6 +32,7 @@ BLOCK_IDS = {name: dataset_grid(name).ids for name in DATASETS}
 wildcard_constraints:
     dataset="|".join(DATASETS) if DATASETS else "$^",
     block=r"z\d+_y\d+_x\d+",
+    ffn_pass="ffn|ffn_reverse",
 
 
 def result(dataset, name):
@@ -48,8 +49,9 @@ def all_blocks(name):
     """Input function: a per-block file of every block of the dataset."""
 
     def files(wildcards):
+        filename = name.format(**wildcards)
         return {
-            b: block_result(wildcards.dataset, b, name)
+            b: block_result(wildcards.dataset, b, filename)
             for b in BLOCK_IDS[wildcards.dataset]
         }
 
@@ -64,10 +66,57 @@ def all_outputs():
     """Final outputs of every configured dataset."""
     outputs = []
     for name in DATASETS:
-        outputs += [result(name, "seeds.csv"), result(name, "segmentation.h5")]
+        outputs += [
+            result(name, "seeds.csv"),
+            result(name, "segmentation.h5"),
+            result(name, "connectome.graphml"),
+            result(name, "report/overlays.png"),
+        ]
         if has_labels(name):
-            outputs.append(result(name, "metrics.json"))
+            outputs += [result(name, "metrics.json"), result(name, "report/metrics.html")]
     return outputs
+
+
+def synapse_input(wildcards):
+    """Input function: the dataset's synapse table as input `synapses`, if it has one."""
+    synapses = config["datasets"][wildcards.dataset].get("synapses")
+    return {"synapses": synapses} if synapses else {}
+
+
+# -- stage 4: agglomeration (rules/agglomerate.smk) -----------------------------------------
+
+
+def resegmentation_enabled():
+    return config["agglomeration"]["resegmentation"]["enabled"]
+
+
+def clean_up_inputs(wildcards):
+    """Input function: the FFN pass, the reverse pass for the consensus, the mask net output."""
+    inputs = {"ffn": result(wildcards.dataset, "ffn.h5")}
+    if config["agglomeration"]["consensus"]:
+        inputs["reverse"] = result(wildcards.dataset, "ffn_reverse.h5")
+    return {**inputs, **masknet_input(wildcards)}
+
+
+def stage_segmentations(dataset):
+    """Stage name -> labels file of every segmentation stage, in pipeline order."""
+    stages = {"ffn": result(dataset, "ffn.h5"), "cleaned": result(dataset, "cleaned.h5")}
+    if resegmentation_enabled():
+        stages["agglomerated"] = result(dataset, "agglomerated.h5")
+    return stages
+
+
+def final_stage(wildcards):
+    """Input function: the labels file of the last segmentation stage."""
+    return list(stage_segmentations(wildcards.dataset).values())[-1]
+
+
+def evaluation_inputs(wildcards):
+    """Input function: the final segmentation and every stage's, for per-stage metrics."""
+    return {
+        "segmentation": result(wildcards.dataset, "segmentation.h5"),
+        **stage_segmentations(wildcards.dataset),
+    }
 
 
 def ffn_checkpoint(wildcards):
@@ -137,6 +186,7 @@ def results_summary():
             "segmentation.h5",
             "segmentation.precomputed",
             "metrics.json",
+            "connectome.graphml",
             "seeds.csv",
         ):
             if os.path.exists(result(name, file)):

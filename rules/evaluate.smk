@@ -1,11 +1,16 @@
-# Evaluation against ground truth (datasets with `labels:` only).
+# Evaluation against ground truth (datasets with `labels:` only): VI, adapted Rand error
+# and expected run length of the final segmentation and of every stage before it.
 
 
 rule evaluate:
     input:
-        segmentation=result("{dataset}", "segmentation.h5"),
+        unpack(evaluation_inputs),
     output:
-        metrics=result("{dataset}", "metrics.json"),
+        metrics=report(
+            result("{dataset}", "metrics.json"),
+            caption="../report/metrics.rst",
+            category="evaluation",
+        ),
     log:
         result("{dataset}", "logs/evaluate.log"),
     conda:
@@ -15,6 +20,7 @@ rule evaluate:
         mem_mb=4000,
     params:
         dataset=dataset_params("labels"),
+        evaluation=config["evaluation"],
         code=stage_code("evaluate"),
     script:
         "../scripts/evaluate.py"

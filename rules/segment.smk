@@ -1,4 +1,5 @@
 # Stage 3: FFN flood filling per block (GPU when available, else CPU), then stitching.
+# {ffn_pass} is "ffn" (seeds in order) or "ffn_reverse" (reverse order, for the consensus).
 
 
 rule segment:
@@ -7,12 +8,12 @@ rule segment:
         seeds=block_result("{dataset}", "{block}", "seeds.csv"),
         checkpoint=ffn_checkpoint,
     output:
-        segmentation=block_result("{dataset}", "{block}", "ffn.h5"),
-        counters=block_result("{dataset}", "{block}", "ffn_counters.json"),
+        segmentation=block_result("{dataset}", "{block}", "{ffn_pass}.h5"),
+        counters=block_result("{dataset}", "{block}", "{ffn_pass}_counters.json"),
     log:
-        block_result("{dataset}", "{block}", "logs/segment.log"),
+        block_result("{dataset}", "{block}", "logs/segment_{ffn_pass}.log"),
     benchmark:
-        block_result("{dataset}", "{block}", "benchmarks/segment.tsv")
+        block_result("{dataset}", "{block}", "benchmarks/segment_{ffn_pass}.tsv")
     conda:
         "../envs/ffnflow.yaml"
     threads: 2
@@ -31,16 +32,16 @@ rule segment:
 
 rule stitch_blocks:
     input:
-        unpack(all_blocks("ffn.h5")),
+        unpack(all_blocks("{ffn_pass}.h5")),
         seeds=result("{dataset}", "seeds.csv"),
     output:
-        segmentation=result("{dataset}", "ffn.h5"),
-        counters=result("{dataset}", "ffn_counters.json"),
-        merges=result("{dataset}", "stitch_merges.json"),
+        segmentation=result("{dataset}", "{ffn_pass}.h5"),
+        counters=result("{dataset}", "{ffn_pass}_counters.json"),
+        merges=result("{dataset}", "{ffn_pass}_stitch_merges.json"),
     log:
-        result("{dataset}", "logs/stitch_blocks.log"),
+        result("{dataset}", "logs/stitch_blocks_{ffn_pass}.log"),
     benchmark:
-        result("{dataset}", "benchmarks/stitch_blocks.tsv")
+        result("{dataset}", "benchmarks/stitch_blocks_{ffn_pass}.tsv")
     conda:
         "../envs/ffnflow.yaml"
     threads: 1
@@ -51,20 +52,3 @@ rule stitch_blocks:
         code=stage_code("stitch"),
     script:
         "../scripts/stitch_blocks.py"
-
-
-rule publish_segmentation:
-    input:
-        result("{dataset}", "ffn.h5"),
-    output:
-        segmentation=result("{dataset}", "segmentation.h5"),
-        precomputed=directory(result("{dataset}", "segmentation.precomputed")),
-    log:
-        result("{dataset}", "logs/publish_segmentation.log"),
-    conda:
-        "../envs/ffnflow.yaml"
-    threads: 1
-    params:
-        code=stage_code("publish"),
-    script:
-        "../scripts/publish_segmentation.py"

@@ -9,4 +9,9 @@ with logged_stage(snakemake.log[0]):  # noqa: F821 (snakemake is injected)
         snakemake.wildcards.dataset,  # noqa: F821
         f"{snakemake.input.segmentation}:labels",  # noqa: F821
         snakemake.output.metrics,  # noqa: F821
+        stages={
+            name: f"{path}:labels"
+            for name, path in snakemake.input.items()  # noqa: F821
+            if name != "segmentation"
+        },
     )

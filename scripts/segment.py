@@ -13,4 +13,5 @@ with logged_stage(snakemake.log[0]):  # noqa: F821 (snakemake is injected)
         snakemake.output.counters,  # noqa: F821
         threads=snakemake.threads,  # noqa: F821
         mask_h5=snakemake.input.get("mask"),  # noqa: F821
+        reverse_seeds=snakemake.wildcards.ffn_pass == "ffn_reverse",  # noqa: F821
     )

@@ -197,4 +197,4 @@ def test_slurm_profile_runs_every_job_through_sbatch(slurm_cluster, tiny_em_sess
     )
     counters = without_timings(json.loads((res / "ffn_counters.json").read_text()))
     assert counters == without_timings(json.loads((ref / "ffn_counters.json").read_text()))
-    assert list(res.rglob("logs/segment.log")) and list(res.rglob("benchmarks/segment.tsv"))
+    assert list(res.rglob("logs/segment_ffn.log")) and list(res.rglob("benchmarks/segment_ffn.tsv"))

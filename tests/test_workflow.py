@@ -77,8 +77,8 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     counters = json.loads((results / "ffn_counters.json").read_text())["counters"]
     assert counters["fov_evaluations"] > 0 and counters["seeds_total"] == len(seeds) - 1
     block = results / "blocks" / "z0_y0_x0"
-    assert (block / "benchmarks" / "segment.tsv").is_file()
-    assert (block / "logs" / "segment.log").is_file()
+    assert (block / "benchmarks" / "segment_ffn.tsv").is_file()
+    assert (block / "logs" / "segment_ffn.log").is_file()
     assert (results / "segmentation.precomputed" / "info").is_file()
     # A second run has nothing to do.
     again = snakemake(work, config, "results/mydata/metrics.json")
@@ -159,7 +159,7 @@ def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tin
     # first one as finished: kill then, in the middle of the second block.
     try:
         deadline = time.monotonic() + 300
-        while len(list(blocks.glob("*/logs/segment.log"))) < 2 and time.monotonic() < deadline:
+        while len(list(blocks.glob("*/logs/segment_ffn.log"))) < 2 and time.monotonic() < deadline:
             assert proc.poll() is None, "the run ended before it could be killed"
             time.sleep(0.1)
         finished = {p: p.stat().st_mtime_ns for p in blocks.glob("*/ffn.h5")}

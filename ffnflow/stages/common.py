@@ -157,7 +157,9 @@ def fill_excluded(image: np.ndarray, excluded: np.ndarray, max_gap: int) -> np.n
     va = np.take_along_axis(image, np.clip(above, 0, nz - 1), axis=0)
     both = has_below & has_above & (above - below - 1 <= max_gap)
     w = (z - below) / np.maximum(above - below, 1)
-    value = np.where(both, vb + w * (va - vb), np.where(has_below, vb, np.where(has_above, va, 0.0)))
+    value = np.where(
+        both, vb + w * (va - vb), np.where(has_below, vb, np.where(has_above, va, 0.0))
+    )
     out[excluded] = value[excluded]
     return out
 

@@ -1,9 +1,15 @@
-"""Stage: evaluation of a segmentation against the dataset's ground-truth labels."""
+"""Stage: evaluation of a segmentation, and of every stage before it, against ground truth.
+
+Per segmentation: VI split/merge, adapted Rand error (:mod:`ffnflow.metrics`) and the
+expected run length along kimimaro skeletons of the ground-truth objects
+(:mod:`ffnflow.run_length`). The ground truth is skeletonised once per run.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,26 +17,50 @@ from ffnflow.atomic import write_json_atomic
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
 from ffnflow.metrics import segmentation_metrics
+from ffnflow.run_length import segmentation_run_length, skeletonize
 from ffnflow.volumes import read_volume
 
 log = logging.getLogger("ffnflow")
 
 
 def run_evaluate(
-    config: dict[str, Any], dataset_name: str, segmentation: str, metrics_json: str | Path
-) -> dict[str, float]:
-    """Compare a segmentation volume spec with the dataset's labels; write metrics JSON."""
+    config: dict[str, Any],
+    dataset_name: str,
+    segmentation: str,
+    metrics_json: str | Path,
+    stages: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the final segmentation (a volume spec) and each of ``stages`` (name -> spec).
+
+    The JSON holds the final figures at the top level (``vi_split``, ``vi_merge``,
+    ``arand``, ``erl_nm``, ...) and a ``stages`` map with the same figures per stage, in
+    pipeline order, the final one last as ``final``.
+    """
     dataset = dataset_config(config, dataset_name)
     if dataset.labels is None:
         raise InputError(f"datasets.{dataset_name}.labels: not configured, nothing to evaluate")
     labels = read_volume(dataset.labels)
-    seg = read_volume(segmentation)
-    if labels.shape != seg.shape:
-        raise InputError(
-            f"labels {dataset.labels} shape {labels.shape} != segmentation {segmentation} "
-            f"shape {seg.shape}"
-        )
-    metrics = segmentation_metrics(labels, seg)
+    cfg = config["evaluation"]
+    skeletons = skeletonize(
+        labels,
+        dataset.resolution_nm,
+        dust_voxels=cfg["skeleton_dust_voxels"],
+        scale=cfg["teasar_scale"],
+        const_nm=cfg["teasar_const_nm"],
+    )
+    log.info("%s: %d ground-truth skeletons", dataset_name, len(skeletons))
+    per_stage = {}
+    for name, spec in [*(stages or {}).items(), ("final", segmentation)]:
+        seg = read_volume(spec)
+        if labels.shape != seg.shape:
+            raise InputError(
+                f"labels {dataset.labels} shape {labels.shape} != segmentation {spec} "
+                f"shape {seg.shape}"
+            )
+        figures = segmentation_metrics(labels, seg)
+        figures.update(segmentation_run_length(seg, skeletons, dataset.resolution_nm).as_dict())
+        per_stage[name] = figures
+        log.info("%s %s: %s", dataset_name, name, json.dumps(figures))
+    metrics = {**per_stage["final"], "stages": per_stage}
     write_json_atomic(metrics_json, metrics)
-    log.info("metrics for %s: %s", dataset_name, json.dumps(metrics))
     return metrics

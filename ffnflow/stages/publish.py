@@ -1,4 +1,9 @@
-"""Stage: publish the last segmentation stage as ``segmentation.h5`` and a precomputed layer."""
+"""Stage: publish the last segmentation stage as ``segmentation.h5`` and a precomputed layer.
+
+The precomputed layer carries, next to the labels, a mesh (zmesh marching cubes,
+simplified) and a skeleton (kimimaro TEASAR) of every segment, so Neuroglancer shows the
+segments in 3D.
+"""
 
 from __future__ import annotations
 
@@ -51,4 +56,56 @@ def run_publish(
         )
         for block in grid:
             write_region(url, source.read(block.write_roi), block.write_roi.offset)
+        n_meshes, n_skeletons = add_meshes_and_skeletons(url, source.read(), dataset.resolution_nm)
+    log.info("%d meshes and %d skeletons", n_meshes, n_skeletons)
     log.info("published %s -> %s and %s", source_h5, segmentation_h5, precomputed_dir)
+
+
+def add_meshes_and_skeletons(
+    url: str,
+    labels: np.ndarray,
+    resolution_nm: tuple[float, float, float],
+    dust_voxels: int = 100,
+) -> tuple[int, int]:
+    """Write meshes and skeletons of every segment (>= ``dust_voxels``) into a precomputed
+    segmentation layer at ``url``; ``labels`` is the layer's content (z, y, x)."""
+    import kimimaro
+    import zmesh
+    from cloudvolume import CloudVolume, Mesh
+
+    # Precomputed space is x, y, z in nm with voxel i spanning [i, i + 1) * resolution.
+    labels_xyz = np.ascontiguousarray(labels.transpose(2, 1, 0))
+    res_xyz = tuple(float(r) for r in resolution_nm[::-1])
+    cv = CloudVolume(url.removeprefix("precomputed://"), progress=False)
+    cv.info["mesh"] = "mesh"
+    cv.info["skeletons"] = "skeletons"
+    cv.commit_info()
+    cv = CloudVolume(url.removeprefix("precomputed://"), progress=False)
+    cv.skeleton.meta.commit_info()
+
+    ids, counts = np.unique(labels_xyz, return_counts=True)
+    keep = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= dust_voxels}
+    mesher = zmesh.Mesher(res_xyz)
+    mesher.mesh(labels_xyz)
+    half = np.asarray(res_xyz, dtype=np.float32) / 2
+    meshes = []
+    for segid in sorted(int(i) for i in mesher.ids()):
+        if segid in keep:
+            m = mesher.get(segid, normals=False, reduction_factor=10, max_error=max(res_xyz))
+            meshes.append(Mesh(m.vertices + half, m.faces, None, segid=segid))
+    mesher.clear()
+    if meshes:
+        cv.mesh.put(meshes, compress=False)
+    skeletons = kimimaro.skeletonize(
+        labels_xyz,
+        anisotropy=res_xyz,
+        dust_threshold=dust_voxels,
+        fix_branching=True,
+        progress=False,
+        parallel=1,
+    )
+    for skeleton in skeletons.values():
+        skeleton.vertices += half
+    if skeletons:
+        cv.skeleton.upload(list(skeletons.values()))
+    return len(meshes), len(skeletons)

@@ -82,6 +82,7 @@ def run_segment(
     counters_json: str | Path,
     threads: int | None = None,
     mask_h5: str | Path | None = None,
+    reverse_seeds: bool = False,
 ) -> dict[str, Any]:
     """Flood-fill one block; write its labels over the read ROI (local ids) and counters.
 
@@ -90,7 +91,8 @@ def run_segment(
     ``n_segments``; seeds are global z, y, x voxels inside the block's write ROI.
     ``mask_h5`` is the dataset's mask net output, needed when ``masknet.enabled``: its
     excluded voxels are never seeded, entered or labelled, and are filled along z in the
-    FFN's image (``ffnflow.stages.common.ffn_inputs``).
+    FFN's image (``ffnflow.stages.common.ffn_inputs``). ``reverse_seeds`` visits the seeds
+    in reverse order (the second pass of a consensus).
     """
     dataset = dataset_config(config, dataset_name)
     block = dataset_block(config, dataset, block_id)
@@ -108,6 +110,8 @@ def run_segment(
             f"seed file {seeds_csv}: {int((~inside).sum())} seeds lie outside block {block_id} "
             f"write ROI {block.write_roi} (first: {seeds[~inside][0].tolist()})"
         )
+    if reverse_seeds:
+        seeds = seeds[::-1]
     options = InferenceOptions(**ffn_cfg["inference"])
     predictor, max_objects = make_predictor(loaded.model, ffn_cfg, threads)
     log.info(

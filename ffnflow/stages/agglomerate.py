@@ -1,0 +1,179 @@
+"""Stage 4: consensus and clean-up of the FFN pass, then resegmentation agglomeration.
+
+Files (results/NAME/): ``cleaned.h5`` (consensus of ``ffn.h5`` and ``ffn_reverse.h5`` when
+enabled, then clean-up), ``decision_points.csv``, per block ``pair_scores.csv`` (the decision
+points inside the block's write ROI, each scored by local FFN runs), and
+``agglomerated.h5`` with ``agglomeration_pairs.csv``. Clean-up and decision points hold
+the whole volume in memory; scoring reads one small box per decision point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffnflow.agglomerate import CleanupOptions, clean_up, intersection_consensus
+from ffnflow.atomic import write_json_atomic
+from ffnflow.config import dataset_config
+from ffnflow.ffn.canvas import InferenceOptions
+from ffnflow.ffn.model import load_checkpoint
+from ffnflow.resegmentation import (
+    PairScore,
+    ResegmentationOptions,
+    apply_merges,
+    decision_points,
+    merge_table,
+    read_points_csv,
+    read_scores_csv,
+    score_pair,
+    write_points_csv,
+    write_scores_csv,
+)
+from ffnflow.stages.common import (
+    check_resolution,
+    dataset_block,
+    ffn_inputs,
+    read_movement_mask,
+)
+from ffnflow.stages.segment import make_predictor
+from ffnflow.volumes import Roi, open_volume, read_volume, write_volume
+
+log = logging.getLogger("ffnflow")
+
+
+def resegmentation_options(config: dict[str, Any]) -> ResegmentationOptions:
+    """The ``agglomeration.resegmentation`` config as options."""
+    cfg = {k: v for k, v in config["agglomeration"]["resegmentation"].items() if k != "enabled"}
+    return ResegmentationOptions(**cfg)
+
+
+def _write_labels(path: str | Path, labels: np.ndarray, resolution_nm, **attrs: Any) -> None:
+    write_volume(f"{path}:labels", labels, resolution_nm, "segmentation", attrs=attrs)
+
+
+def run_clean_up(
+    config: dict[str, Any],
+    dataset_name: str,
+    ffn_h5: str | Path,
+    out_h5: str | Path,
+    counters_json: str | Path,
+    reverse_h5: str | Path | None = None,
+    mask_h5: str | Path | None = None,
+) -> dict[str, Any]:
+    """Consensus (when ``reverse_h5`` is given) and clean-up of the stitched FFN pass."""
+    dataset = dataset_config(config, dataset_name)
+    labels = read_volume(f"{ffn_h5}:labels")
+    counters: dict[str, Any] = {}
+    cleanup = CleanupOptions(**config["agglomeration"]["cleanup"])
+    if reverse_h5 is not None:
+        reverse = read_volume(f"{reverse_h5}:labels")
+        labels = intersection_consensus(labels, reverse, cleanup.min_segment_voxels)
+        counters["consensus_segments"] = int(labels.max(initial=0))
+    excluded = read_movement_mask(config, dataset, None, mask_h5)
+    cleaned, clean_counters = clean_up(labels, cleanup, excluded)
+    counters.update(clean_counters)
+    counters["fraction_segmented"] = float(np.count_nonzero(cleaned) / cleaned.size)
+    _write_labels(out_h5, cleaned, dataset.resolution_nm, counters=json.dumps(counters))
+    write_json_atomic(counters_json, counters)
+    log.info("clean-up of %s: %s", dataset_name, json.dumps(counters))
+    return counters
+
+
+def run_find_decision_points(
+    config: dict[str, Any], dataset_name: str, cleaned_h5: str | Path, points_csv: str | Path
+) -> int:
+    """Decision points of every touching pair of segments; returns how many."""
+    dataset = dataset_config(config, dataset_name)
+    t0 = time.perf_counter()
+    labels = read_volume(f"{cleaned_h5}:labels")
+    points = decision_points(labels, resegmentation_options(config), dataset.resolution_nm)
+    write_points_csv(points_csv, points)
+    log.info(
+        "%s: %d decision points in %.1f s", dataset_name, len(points), time.perf_counter() - t0
+    )
+    return len(points)
+
+
+def run_score_pairs(
+    config: dict[str, Any],
+    dataset_name: str,
+    block_id: str,
+    cleaned_h5: str | Path,
+    points_csv: str | Path,
+    scores_csv: str | Path,
+    threads: int | None = None,
+    mask_h5: str | Path | None = None,
+) -> list[PairScore]:
+    """Score the decision points inside one block's write ROI by local FFN runs."""
+    dataset = dataset_config(config, dataset_name)
+    block = dataset_block(config, dataset, block_id)
+    points = [p for p in read_points_csv(points_csv) if block.write_roi.contains(p.point)]
+    options = resegmentation_options(config)
+    loaded = load_checkpoint(config["ffn"]["checkpoint"])
+    check_resolution(dataset, f"FFN checkpoint {loaded.path} resolution", loaded.resolution_nm)
+    predictor, _ = make_predictor(loaded.model, {**config["ffn"], "max_objects": 1}, threads)
+    inference = InferenceOptions(**config["ffn"]["inference"])
+    labels_volume = open_volume(f"{cleaned_h5}:labels")
+    shape = labels_volume.shape
+    reach = np.asarray(options.radius_zyx) + np.asarray(loaded.model.arch.fov_size_zyx) // 2
+    scores = []
+    t0 = time.perf_counter()
+    for point in points:
+        lo = np.maximum(np.asarray(point.point) - reach, 0)
+        hi = np.minimum(np.asarray(point.point) + reach + 1, shape)
+        roi = Roi(tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo))
+        image, movement_mask = ffn_inputs(config, dataset, roi, mask_h5)
+        labels = labels_volume.read(roi)
+        if movement_mask is not None:
+            labels = np.where(movement_mask, 0, labels)
+        local = replace(
+            point, z=point.z - int(lo[0]), y=point.y - int(lo[1]), x=point.x - int(lo[2])
+        )
+        score = score_pair(image, labels, local, predictor, inference, options)
+        scores.append(replace(score, z=point.z, y=point.y, x=point.x))
+    write_scores_csv(scores_csv, scores)
+    log.info(
+        "block %s: %d pairs scored, %d merges, %d FOVs in %.1f s",
+        block_id,
+        len(scores),
+        sum(s.merge for s in scores),
+        sum(s.fov_evaluations for s in scores),
+        time.perf_counter() - t0,
+    )
+    return scores
+
+
+def run_agglomerate(
+    config: dict[str, Any],
+    dataset_name: str,
+    cleaned_h5: str | Path,
+    score_files: list[str | Path],
+    out_h5: str | Path,
+    pairs_csv: str | Path,
+    counters_json: str | Path,
+) -> dict[str, Any]:
+    """Merge the pairs the local runs agree on; write the merged labels and all pairs."""
+    dataset = dataset_config(config, dataset_name)
+    scores = sorted((s for f in score_files for s in read_scores_csv(f)), key=lambda s: (s.a, s.b))
+    labels = read_volume(f"{cleaned_h5}:labels")
+    table = merge_table(scores)
+    merged = apply_merges(labels, table)
+    counters = {
+        "pairs_examined": len(scores),
+        "pairs_merged": int(sum(s.merge for s in scores)),
+        "segments_in": int(np.count_nonzero(np.unique(labels))),
+        "segments_out": int(np.count_nonzero(np.unique(merged))),
+        "fov_evaluations": int(sum(s.fov_evaluations for s in scores)),
+        "seed_tries": int(sum(s.seed_tries for s in scores)),
+    }
+    write_scores_csv(pairs_csv, scores)
+    _write_labels(out_h5, merged, dataset.resolution_nm, counters=json.dumps(counters))
+    write_json_atomic(counters_json, counters)
+    log.info("agglomeration of %s: %s", dataset_name, json.dumps(counters))
+    return counters

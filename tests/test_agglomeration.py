@@ -1,0 +1,154 @@
+"""Consensus, clean-up and resegmentation agglomeration on synthetic volumes."""
+
+import cc3d
+import edt
+import numpy as np
+import pytest
+
+from ffnflow.agglomerate import (
+    CleanupOptions,
+    clean_up,
+    fill_owned_gaps,
+    intersection_consensus,
+    remove_dust,
+    split_disconnected,
+)
+from ffnflow.errors import InputError
+from ffnflow.ffn.canvas import InferenceOptions
+from ffnflow.resegmentation import (
+    ResegmentationOptions,
+    apply_merges,
+    decision_points,
+    merge_table,
+    read_points_csv,
+    read_scores_csv,
+    score_pair,
+    write_points_csv,
+    write_scores_csv,
+)
+from tests.test_canvas import OraclePredictor
+
+
+class ConnectedOracle(OraclePredictor):
+    """Predicts the bright component that holds the FOV centre (an ideal FFN).
+
+    Logits rise towards the middle of the object, as a real FFN's do, so the face-max
+    policy moves along the object's axis. Its FOV is wider than the tubes below.
+    """
+
+    fov_size_zyx = (21, 21, 21)
+    deltas_zyx = (5, 5, 5)
+
+    def predict(self, image, pom_logits):
+        out = np.full(image.shape, -3.0, np.float32)
+        for i, fov in enumerate(image):
+            components = cc3d.connected_components(fov > 0, connectivity=6)
+            centre = components[tuple(np.array(fov.shape) // 2)]
+            if centre:
+                inside = components == centre
+                depth = edt.edt(inside.astype(np.uint8), black_border=True)
+                out[i][inside] = 2.5 + 0.1 * depth[inside]
+        return out
+
+
+def test_consensus_keeps_only_voxels_both_passes_agree_on_and_splits_by_pairs():
+    a = np.zeros((10, 10, 10), np.uint64)
+    a[:, :, :5], a[:, :, 5:] = 1, 2
+    b = a.copy()
+    b[:5] = 7  # the second pass merged the top half
+    b[9] = 0  # and left the last slice out
+    original = a.copy()
+    c = intersection_consensus(a, b, min_segment_voxels=10)
+    assert np.array_equal(a, original)  # inputs untouched
+    assert c[9].max() == 0
+    ids, counts = np.unique(c[c > 0], return_counts=True)
+    assert list(counts) == [250, 250, 200, 200]
+    # a voxel pair that occurs less often than the minimum size is dropped
+    assert intersection_consensus(a, b, min_segment_voxels=201)[5:9].max() == 0
+
+
+def test_split_dust_and_owned_gap_filling():
+    s = np.zeros((10, 10, 10), np.uint64)
+    s[:, :, :3] = 4
+    s[:, :, 6:] = 4
+    pieces = split_disconnected(s)
+    assert sorted(np.unique(pieces[pieces > 0], return_counts=True)[1]) == [300, 400]
+    assert remove_dust(pieces, 350).max() == 1
+
+    h = np.full((10, 10, 10), 3, np.uint64)
+    h[4:6, 4:6, 4:6] = 0  # a pocket inside segment 3: owned
+    h[:, :, 9] = 5
+    h[0:2, 0:2, 8] = 0  # a pocket between 3 (8 faces) and 5 (4 faces): not owned at 0.9
+    filled, n = fill_owned_gaps(h)
+    assert n == 8 and filled[4:6, 4:6, 4:6].min() == 3 and filled[0, 0, 8] == 0
+    assert fill_owned_gaps(h, min_owner_fraction=0.6)[0][0, 0, 8] == 3
+    excluded = np.zeros(h.shape, bool)
+    excluded[4, 4, 4] = True
+    filled, n = fill_owned_gaps(h, excluded)
+    assert n == 7 and filled[4, 4, 4] == 0
+    assert fill_owned_gaps(h, max_gap_voxels=7)[1] == 0
+
+    cleaned, counters = clean_up(s, CleanupOptions(min_segment_voxels=5))
+    assert counters["pieces"] == 2 and counters["segments_out"] == 2
+    assert cleaned[:, :, 3:6].max() == 0  # the gap between the pieces is shared: not filled
+
+
+def test_consensus_rejects_shape_mismatch():
+    with pytest.raises(InputError, match="shapes"):
+        intersection_consensus(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), 1)
+
+
+def two_tubes(shape=(48, 32, 40)):
+    """A bright tube split in two (A above z=24, B below), a parallel tube C beside it.
+
+    Returns (image, labels): the image is bright inside the tubes and dark elsewhere, the
+    labels have a 1-voxel unlabelled cut between A and B (an FFN split) and C is separated
+    from A/B by a dark 2-voxel membrane.
+    """
+    image = np.full(shape, -1.0, np.float32)
+    labels = np.zeros(shape, np.uint64)
+    image[:, 8:24, 6:18] = 1.0
+    image[:, 8:24, 20:34] = 1.0
+    labels[:24, 8:24, 6:18] = 1
+    labels[25:, 8:24, 6:18] = 2
+    labels[:, 8:24, 20:34] = 3
+    return image, labels
+
+
+def test_resegmentation_merges_the_split_and_not_the_neighbour(tmp_path):
+    image, labels = two_tubes()
+    options = ResegmentationOptions(
+        max_gap_voxels=2,
+        min_contact_faces=10,
+        min_segment_voxels=100,
+        radius_zyx=(10, 10, 10),
+        analysis_radius_zyx=(8, 8, 8),
+        seed_search_radius=8,
+        max_deleted=0.05,
+    )
+    points = decision_points(labels, options)
+    assert [(p.a, p.b) for p in points] == [(1, 2), (1, 3), (2, 3)]
+    ab = points[0]
+    assert 23 <= ab.z <= 25 and 12 <= ab.y <= 19 and 9 <= ab.x <= 14  # middle of the cut
+    inference = InferenceOptions(min_segment_size=10)
+    scores = [score_pair(image, labels, p, ConnectedOracle(), inference, options) for p in points]
+    assert [s.merge for s in scores] == [True, False, False]
+    assert scores[0].iou > 0.9 and scores[1].iou < 0.1 and scores[0].fov_evaluations > 0
+
+    table = merge_table(scores)
+    merged = apply_merges(labels, table)
+    assert set(np.unique(merged)) == {0, 1, 3}
+    assert labels.max() == 3 and 2 in labels  # input untouched
+
+    write_points_csv(tmp_path / "p.csv", points)
+    assert read_points_csv(tmp_path / "p.csv") == points
+    write_scores_csv(tmp_path / "s.csv", scores)
+    assert read_scores_csv(tmp_path / "s.csv") == scores
+
+
+def test_decision_points_prune_small_segments_and_small_contacts():
+    _, labels = two_tubes()
+    assert decision_points(labels, ResegmentationOptions(min_segment_voxels=10**6)) == []
+    assert decision_points(labels, ResegmentationOptions(min_contact_faces=10**6)) == []
+    # without growing, the 1-voxel cut and the 2-voxel membrane keep everything apart
+    assert decision_points(labels, ResegmentationOptions(max_gap_voxels=0)) == []
