@@ -10,6 +10,17 @@ Examples (a volume small enough for one block has the block ``z0_y0_x0``)::
         --out ffn.h5 --counters ffn_counters.json --merges merges.json
     ffnflow evaluate --config config.yaml --dataset demo --segmentation ffn.h5:labels \
         --out metrics.json
+    ffnflow clean-up --config config.yaml --dataset demo --ffn ffn.h5 --out cleaned.h5 \
+        --counters cleaned_counters.json
+    ffnflow find-decision-points --config config.yaml --dataset demo --segmentation cleaned.h5 \
+        --out decision_points.csv
+    ffnflow score-pairs --config config.yaml --dataset demo --block z0_y0_x0 \
+        --segmentation cleaned.h5 --points decision_points.csv --out pair_scores.csv
+    ffnflow agglomerate --config config.yaml --dataset demo --segmentation cleaned.h5 \
+        --scores pair_scores.csv --out agglomerated.h5 --pairs pairs.csv --counters c.json
+    ffnflow extract-graph --config config.yaml --dataset demo \
+        --segmentation segmentation.h5 --out-dir results/demo
+    ffnflow view --config config.yaml --dataset demo          # Neuroglancer on localhost
     ffnflow import-google-weights --npz ffn_fib25_google.npz --out models/ffn_fib25_google.pt
     ffnflow predict-mask --config config.yaml --dataset demo --block z0_y0_x0 --out block_mask.h5
     ffnflow gather-mask --config config.yaml --dataset demo --block-dir results/demo/blocks \
@@ -118,6 +129,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
+    p = sub.add_parser("clean-up", help="consensus (with --reverse) and clean-up of an FFN pass")
+    _add_config_args(p)
+    p.add_argument("--ffn", required=True, help="stitched FFN pass (labels HDF5)")
+    p.add_argument("--reverse", default=None, help="second pass, seeds reversed (consensus)")
+    p.add_argument("--mask", default=None, help="the dataset's mask.h5 (when masknet.enabled)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--counters", required=True)
+
+    p = sub.add_parser("find-decision-points", help="resegmentation decision points (CSV)")
+    _add_config_args(p)
+    p.add_argument("--segmentation", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("score-pairs", help="score one block's decision points by local FFN runs")
+    _add_config_args(p, block=True)
+    p.add_argument("--segmentation", required=True)
+    p.add_argument("--points", required=True)
+    p.add_argument("--mask", default=None, help="the dataset's mask.h5 (when masknet.enabled)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("agglomerate", help="merge the scored pairs")
+    _add_config_args(p)
+    p.add_argument("--segmentation", required=True)
+    p.add_argument("--scores", required=True, nargs="+", help="pair_scores.csv of every block")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pairs", required=True)
+    p.add_argument("--counters", required=True)
+
+    p = sub.add_parser("extract-graph", help="connectome graph of a segmentation")
+    _add_config_args(p)
+    p.add_argument("--segmentation", required=True, help="labels HDF5 (segmentation.h5)")
+    p.add_argument("--out-dir", required=True, help="writes connectome.graphml and tables here")
+
+    p = sub.add_parser("view", help="serve the results on localhost and print a Neuroglancer link")
+    _add_config_args(p)
+    p.add_argument("--results", default=None, help="results directory (default results/NAME)")
+    p.add_argument("--port", type=int, default=8765)
+
     p = sub.add_parser("import-google-weights", help="convert google/ffn npz weights")
     p.add_argument("--npz", required=True)
     p.add_argument("--out", required=True)
@@ -191,6 +241,8 @@ def run(args: argparse.Namespace) -> None:
         )
     elif args.command in ("prepare-ffn-examples", "train-ffn"):
         _run_ffn_training(args, load_config(args.config))
+    elif args.command in STAGE4_5_COMMANDS:
+        _run_stage4_5(args, load_config(args.config))
     elif args.command == "import-google-weights":
         from ffnflow.ffn.model import ConvStack3D, import_google_npz, save_checkpoint
 
@@ -205,6 +257,66 @@ def run(args: argparse.Namespace) -> None:
             provenance=f"google/ffn weights imported from {args.npz} (Apache-2.0)",
         )
         print(f"wrote {args.out}")
+
+
+STAGE4_5_COMMANDS = (
+    "clean-up",
+    "find-decision-points",
+    "score-pairs",
+    "agglomerate",
+    "extract-graph",
+    "view",
+)
+
+
+def _run_stage4_5(args: argparse.Namespace, config: dict) -> None:
+    from ffnflow.stages import agglomerate
+
+    if args.command == "clean-up":
+        agglomerate.run_clean_up(
+            config, args.dataset, args.ffn, args.out, args.counters, args.reverse, args.mask
+        )
+    elif args.command == "find-decision-points":
+        agglomerate.run_find_decision_points(config, args.dataset, args.segmentation, args.out)
+    elif args.command == "score-pairs":
+        agglomerate.run_score_pairs(
+            config,
+            args.dataset,
+            args.block,
+            args.segmentation,
+            args.points,
+            args.out,
+            args.threads,
+            args.mask,
+        )
+    elif args.command == "agglomerate":
+        agglomerate.run_agglomerate(
+            config,
+            args.dataset,
+            args.segmentation,
+            args.scores,
+            args.out,
+            args.pairs,
+            args.counters,
+        )
+    elif args.command == "extract-graph":
+        from ffnflow.stages.connectome import run_extract_graph
+
+        out = Path(args.out_dir)
+        run_extract_graph(
+            config,
+            args.dataset,
+            args.segmentation,
+            out / "connectome.graphml",
+            out / "connectome_nodes.csv",
+            out / "connectome_edges.csv",
+            out / "connectome_summary.json",
+            out / "connectome_summary.png",
+        )
+    elif args.command == "view":
+        from ffnflow.view import serve_results
+
+        serve_results(config, args.dataset, args.results or f"results/{args.dataset}", args.port)
 
 
 def _run_ffn_training(args: argparse.Namespace, config: dict) -> None:

@@ -7,8 +7,9 @@ Follows the reference's ``resegmentation`` / ``resegmentation_analysis``:
    contact of at least ``min_contact_faces`` faces and both at least ``min_segment_voxels``
    gets one decision point: the contact voxel farthest from everything that is neither A
    nor B (the middle of the widest part of the contact).
-2. :func:`score_pair`: in a box of half-size ``radius_zyx`` around the point, A and B are
-   cleared (other segments stay and block the flood), the FFN floods once from a seed in A
+2. :func:`score_pair`: around the point, A and B are cleared (other segments stay and
+   block the flood) and the FFN, its FOV centres kept within ``radius_zyx`` of the point
+   (the FOV itself reaches further), floods once from a seed in A
    and once from a seed in B (the voxel deepest inside the segment near the point; retried
    from other seeds while the run recovers less than ``min_recovery`` of its segment).
    Within the analysis box (``analysis_radius_zyx``) the pair is scored by the IoU of the
@@ -46,13 +47,13 @@ class ResegmentationOptions:
     """Resegmentation settings; sizes and radii in voxels (z, y, x)."""
 
     max_gap_voxels: float = 2.0
-    min_contact_faces: int = 20
-    min_segment_voxels: int = 2000
-    radius_zyx: tuple[int, int, int] = (24, 24, 24)
-    analysis_radius_zyx: tuple[int, int, int] = (16, 16, 16)
-    seed_search_radius: int = 12
+    min_contact_faces: int = 50
+    min_segment_voxels: int = 5000
+    radius_zyx: tuple[int, int, int] = (12, 12, 12)
+    analysis_radius_zyx: tuple[int, int, int] = (12, 12, 12)
+    seed_search_radius: int = 10
     seed_exclusion_radius: int = 4
-    max_seed_tries: int = 3
+    max_seed_tries: int = 2
     min_recovery: float = 0.6
     merge_iou: float = 0.8
     min_consistency: float = 0.6

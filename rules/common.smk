@@ -73,7 +73,10 @@ def all_outputs():
             result(name, "report/overlays.png"),
         ]
         if has_labels(name):
-            outputs += [result(name, "metrics.json"), result(name, "report/metrics.html")]
+            outputs += [
+                result(name, "metrics.json"),
+                result(name, "report/metrics.html"),
+            ]
     return outputs
 
 
@@ -100,7 +103,10 @@ def clean_up_inputs(wildcards):
 
 def stage_segmentations(dataset):
     """Stage name -> labels file of every segmentation stage, in pipeline order."""
-    stages = {"ffn": result(dataset, "ffn.h5"), "cleaned": result(dataset, "cleaned.h5")}
+    stages = {
+        "ffn": result(dataset, "ffn.h5"),
+        "cleaned": result(dataset, "cleaned.h5"),
+    }
     if resegmentation_enabled():
         stages["agglomerated"] = result(dataset, "agglomerated.h5")
     return stages

@@ -7,11 +7,6 @@ rule predict_mask:
         checkpoint=masknet_checkpoint,
     output:
         mask=block_result("{dataset}", "{block}", "mask.h5"),
-    params:
-        dataset=dataset_params(*IMAGE_KEYS),
-        masknet=masknet_prediction_params(),
-        blocks=config["blocks"],
-        code=stage_code("mask"),
     log:
         block_result("{dataset}", "{block}", "logs/predict_mask.log"),
     benchmark:
@@ -22,6 +17,11 @@ rule predict_mask:
     resources:
         gpu=1,
         mem_mb=4000,
+    params:
+        dataset=dataset_params(*IMAGE_KEYS),
+        masknet=masknet_prediction_params(),
+        blocks=config["blocks"],
+        code=stage_code("mask"),
     script:
         "../scripts/predict_mask.py"
 
@@ -31,9 +31,6 @@ rule gather_mask:
         unpack(all_blocks("mask.h5")),
     output:
         mask=result("{dataset}", "mask.h5"),
-    params:
-        blocks=config["blocks"],
-        code=stage_code("mask"),
     log:
         result("{dataset}", "logs/gather_mask.log"),
     conda:
@@ -41,6 +38,9 @@ rule gather_mask:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        blocks=config["blocks"],
+        code=stage_code("mask"),
     script:
         "../scripts/gather_mask.py"
 
@@ -50,9 +50,6 @@ rule train_masknet:
         checkpoint=MASKNET_TRAINED,
         log_csv="results/masknet_training/training_log.csv",
         curve=report("results/masknet_training/loss_curve.png", category="mask net"),
-    params:
-        masknet=masknet_training_params(),
-        code=stage_code("mask"),
     log:
         "results/masknet_training/logs/train_masknet.log",
     benchmark:
@@ -63,5 +60,8 @@ rule train_masknet:
     resources:
         gpu=1,
         mem_mb=8000,
+    params:
+        masknet=masknet_training_params(),
+        code=stage_code("mask"),
     script:
         "../scripts/train_masknet.py"

@@ -7,12 +7,6 @@ rule place_seeds:
         unpack(masknet_input),
     output:
         seeds=block_result("{dataset}", "{block}", "seeds.csv"),
-    params:
-        dataset=dataset_params(*IMAGE_KEYS),
-        seeds=config["seeds"],
-        masknet=masknet_use_params(),
-        blocks=config["blocks"],
-        code=stage_code("seeds"),
     log:
         block_result("{dataset}", "{block}", "logs/place_seeds.log"),
     conda:
@@ -20,6 +14,12 @@ rule place_seeds:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        dataset=dataset_params(*IMAGE_KEYS),
+        seeds=config["seeds"],
+        masknet=masknet_use_params(),
+        blocks=config["blocks"],
+        code=stage_code("seeds"),
     script:
         "../scripts/place_block_seeds.py"
 
@@ -29,12 +29,12 @@ rule gather_seeds:
         unpack(all_blocks("seeds.csv")),
     output:
         seeds=result("{dataset}", "seeds.csv"),
-    params:
-        code=stage_code("seeds"),
     log:
         result("{dataset}", "logs/gather_seeds.log"),
     conda:
         "../envs/ffnflow.yaml"
     threads: 1
+    params:
+        code=stage_code("seeds"),
     script:
         "../scripts/gather_seeds.py"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import h5py
+import networkx as nx
 import numpy as np
 import pytest
 
@@ -61,7 +62,13 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
         {"raw": f"{tiny_em}:raw", "labels": f"{tiny_em}:labels", "resolution_nm": [10, 10, 10]},
     )
     work = tmp_path / "work"
-    proc = snakemake(work, config, "results/mydata/metrics.json")
+    targets = [
+        "results/mydata/metrics.json",
+        "results/mydata/connectome.graphml",
+        "results/mydata/report/overlays.png",
+        "results/mydata/report/metrics.html",
+    ]
+    proc = snakemake(work, config, *targets)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = work / "results" / "mydata"
     seeds = (results / "seeds.csv").read_text().splitlines()
@@ -69,11 +76,21 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     with h5py.File(results / "segmentation.h5", "r") as f:
         labels = f["labels"][...]
         assert labels.dtype == np.uint64 and labels.shape == (48, 48, 48)
-    with h5py.File(results / "ffn.h5", "r") as f:
-        assert np.array_equal(f["labels"][...], labels)
+    with h5py.File(results / "agglomerated.h5", "r") as f:
+        assert np.array_equal(f["labels"][...], labels)  # the last stage is published
     metrics = json.loads((results / "metrics.json").read_text())
-    assert {"vi_split", "vi_merge", "arand", "n_segments", "fraction_segmented"} <= set(metrics)
+    keys = {"vi_split", "vi_merge", "arand", "erl_nm", "n_segments", "fraction_segmented"}
+    assert keys <= set(metrics)
+    assert list(metrics["stages"]) == ["ffn", "cleaned", "agglomerated", "final"]
+    assert all(keys <= set(stage) for stage in metrics["stages"].values())
+    assert metrics["stages"]["final"]["arand"] == metrics["arand"]
     assert metrics["n_segments"] == len(np.unique(labels[labels > 0]))
+    pairs = (results / "agglomeration_pairs.csv").read_text().splitlines()
+    assert pairs[0].startswith("a,b,z,y,x,contact_faces,iou")
+    graph = nx.read_graphml(results / "connectome.graphml", node_type=int)
+    assert set(graph.nodes) == set(np.unique(labels[labels > 0]).tolist())
+    assert (results / "report" / "overlays.png").read_bytes()[:4] == b"\x89PNG"
+    assert "<table>" in (results / "report" / "metrics.html").read_text()
     counters = json.loads((results / "ffn_counters.json").read_text())["counters"]
     assert counters["fov_evaluations"] > 0 and counters["seeds_total"] == len(seeds) - 1
     block = results / "blocks" / "z0_y0_x0"
@@ -81,14 +98,23 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     assert (block / "logs" / "segment_ffn.log").is_file()
     assert (results / "segmentation.precomputed" / "info").is_file()
     # A second run has nothing to do.
-    again = snakemake(work, config, "results/mydata/metrics.json")
+    again = snakemake(work, config, *targets)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
     # Changing an FFN option reruns segmentation and what follows, not seed placement.
     ffn_change = tmp_path / "ffn_change.yaml"
     ffn_change.write_text(json.dumps({"ffn": {"inference": {"segment_threshold": 0.7}}}))
     jobs = planned_jobs(work, [config, ffn_change], "results/mydata/metrics.json")
-    assert jobs == {"segment", "stitch_blocks", "publish_segmentation", "evaluate"}, jobs
+    assert jobs == {
+        "segment",
+        "stitch_blocks",
+        "clean_up",
+        "find_decision_points",
+        "score_pairs",
+        "agglomerate",
+        "publish_segmentation",
+        "evaluate",
+    }, jobs
     # Changing only what evaluation uses reruns only the evaluation.
     with h5py.File(tiny_em, "a") as f:
         f["labels_v2"] = f["labels"][...]

@@ -137,6 +137,19 @@ def run_score_pairs(
         )
         score = score_pair(image, labels, local, predictor, inference, options)
         scores.append(replace(score, z=point.z, y=point.y, x=point.x))
+        log.info(
+            "pair %d/%d (%d, %d): IoU %.2f, consistency %.2f/%.2f, deleted %.2f, %d FOVs -> %s",
+            len(scores),
+            len(points),
+            score.a,
+            score.b,
+            score.iou,
+            score.consistency_a,
+            score.consistency_b,
+            score.deleted,
+            score.fov_evaluations,
+            "merge" if score.merge else "keep",
+        )
     write_scores_csv(scores_csv, scores)
     log.info(
         "block %s: %d pairs scored, %d merges, %d FOVs in %.1f s",

@@ -1,0 +1,135 @@
+"""Browse a dataset's results in Neuroglancer: precomputed layers served on localhost.
+
+``ffnflow view --config config.yaml --dataset NAME`` exports the raw image (and the mask
+net's exclusion and boundary maps, when present) as precomputed layers under
+``results/NAME/view/`` once, serves ``results/NAME/`` over HTTP with CORS on localhost,
+and prints a Neuroglancer link whose layers are the EM, the mask and the final
+segmentation (``segmentation.precomputed``, with its meshes and skeletons).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffnflow.atomic import atomic_output
+from ffnflow.config import dataset_config
+from ffnflow.errors import InputError
+from ffnflow.stages.common import block_grid, open_raw
+from ffnflow.stages.publish import chunk_shape
+from ffnflow.volumes import create_precomputed, open_volume, write_region
+
+log = logging.getLogger("ffnflow")
+
+NEUROGLANCER_APP = "https://neuroglancer-demo.appspot.com/"
+
+
+class CorsRequestHandler(SimpleHTTPRequestHandler):
+    """Static files with ``Access-Control-Allow-Origin: *`` (Neuroglancer runs elsewhere)."""
+
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base class name)
+        log.debug("http: " + format, *args)
+
+
+def make_server(
+    directory: str | Path, port: int = 0, host: str = "127.0.0.1"
+) -> ThreadingHTTPServer:
+    """An HTTP server for ``directory`` on ``host:port`` (0 = any free port); not started."""
+    handler = partial(CorsRequestHandler, directory=str(directory))
+    return ThreadingHTTPServer((host, port), handler)
+
+
+def export_layer(
+    spec: str, out_dir: str | Path, resolution_nm, layer_type: str, config: dict[str, Any]
+) -> Path:
+    """Write a volume spec as a precomputed layer ``out_dir`` (once; block by block)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "info").is_file():
+        return out_dir
+    source = open_volume(spec)
+    grid = block_grid(config, source.shape)
+    with atomic_output(out_dir) as tmp:
+        url = f"precomputed://file://{Path(tmp).resolve()}"
+        create_precomputed(
+            url,
+            source.shape,
+            source.dtype if layer_type == "image" else np.uint64,
+            resolution_nm,
+            layer_type,
+            chunk_zyx=chunk_shape(grid.block_shape),
+        )
+        for block in grid:
+            write_region(url, source.read(block.write_roi), block.write_roi.offset)
+    return out_dir
+
+
+def neuroglancer_state(base_url: str, layers: list[tuple[str, str, str]], resolution_nm) -> dict:
+    """A Neuroglancer state: ``layers`` are (name, path under base_url, image|segmentation)."""
+    z, y, x = (float(r) for r in resolution_nm)
+    return {
+        "dimensions": {"x": [x * 1e-9, "m"], "y": [y * 1e-9, "m"], "z": [z * 1e-9, "m"]},
+        "layers": [
+            {"type": kind, "source": f"precomputed://{base_url}/{path}", "name": name}
+            for name, path, kind in layers
+        ],
+        "layout": "4panel",
+    }
+
+
+def neuroglancer_link(state: dict, app: str = NEUROGLANCER_APP) -> str:
+    """The URL that opens ``state`` in a Neuroglancer app."""
+    return f"{app}#!{urllib.parse.quote(json.dumps(state, separators=(',', ':')))}"
+
+
+def prepare_layers(config: dict[str, Any], dataset_name: str, results_dir: str | Path) -> list:
+    """Export what is missing and list the layers (name, path in results_dir, kind)."""
+    dataset = dataset_config(config, dataset_name)
+    results_dir = Path(results_dir)
+    segmentation = results_dir / "segmentation.precomputed"
+    if not (segmentation / "info").is_file():
+        raise InputError(
+            f"{segmentation}: no published segmentation; run the workflow for {dataset_name} first"
+        )
+    res = open_raw(dataset).resolution_nm or dataset.resolution_nm
+    layers = []
+    export_layer(dataset.raw, results_dir / "view" / "raw.precomputed", res, "image", config)
+    layers.append(("em", "view/raw.precomputed", "image"))
+    mask_h5 = results_dir / "mask.h5"
+    if mask_h5.is_file():
+        for name in ("exclude", "boundary"):
+            out = results_dir / "view" / f"{name}.precomputed"
+            export_layer(f"{mask_h5}:{name}", out, res, "image", config)
+            layers.append((f"mask {name}", f"view/{name}.precomputed", "image"))
+    layers.append(("segmentation", "segmentation.precomputed", "segmentation"))
+    return layers
+
+
+def serve_results(
+    config: dict[str, Any], dataset_name: str, results_dir: str | Path, port: int = 8765
+) -> None:
+    """Export the layers, print the Neuroglancer link and serve until interrupted."""
+    layers = prepare_layers(config, dataset_name, results_dir)
+    server = make_server(results_dir, port)
+    host, port = server.server_address[:2]
+    state = neuroglancer_state(
+        f"http://{host}:{port}", layers, dataset_config(config, dataset_name).resolution_nm
+    )
+    print(f"serving {Path(results_dir).resolve()} on http://{host}:{port} (Ctrl-C stops)")
+    print(neuroglancer_link(state), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
