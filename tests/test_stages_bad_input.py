@@ -111,3 +111,24 @@ def test_seed_outside_volume_and_evaluation_without_labels(tmp_path):
     with pytest.raises(InputError, match="datasets.d.labels: not configured"):
         run_evaluate(cfg, "d", f"{path}:raw", out / "metrics.json")
     assert_no_outputs(out)
+
+
+def test_agglomeration_and_graph_inputs_are_named(tmp_path):
+    from ffnflow.stages.agglomerate import run_clean_up
+    from ffnflow.stages.connectome import run_extract_graph
+    from ffnflow.volumes import write_volume
+
+    raw = h5(tmp_path, "raw.h5", raw=np.zeros((8, 8, 8), np.uint8))
+    write_volume(f"{tmp_path}/a.h5:labels", np.ones((8, 8, 8), np.uint64), (10, 10, 10))
+    write_volume(f"{tmp_path}/b.h5:labels", np.ones((8, 8, 9), np.uint64), (10, 10, 10))
+    cfg = make_config(tmp_path, f"{raw}:raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"b\.h5 shape \(8, 8, 9\) != .*a\.h5"):
+        run_clean_up(cfg, "d", tmp_path / "a.h5", out / "c.h5", out / "c.json", tmp_path / "b.h5")
+    cfg = make_config(tmp_path, f"{raw}:raw", synapses=str(tmp_path / "absent.csv"))
+    with pytest.raises(InputError, match="absent.csv: synapse table not found"):
+        run_extract_graph(
+            cfg, "d", tmp_path / "a.h5", *(out / n for n in ("g", "n", "e", "s", "p"))
+        )
+    assert_no_outputs(out)

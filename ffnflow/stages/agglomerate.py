@@ -21,6 +21,7 @@ import numpy as np
 from ffnflow.agglomerate import CleanupOptions, clean_up, intersection_consensus
 from ffnflow.atomic import write_json_atomic
 from ffnflow.config import dataset_config
+from ffnflow.errors import InputError
 from ffnflow.ffn.canvas import InferenceOptions
 from ffnflow.ffn.model import load_checkpoint
 from ffnflow.resegmentation import (
@@ -73,6 +74,10 @@ def run_clean_up(
     cleanup = CleanupOptions(**config["agglomeration"]["cleanup"])
     if reverse_h5 is not None:
         reverse = read_volume(f"{reverse_h5}:labels")
+        if reverse.shape != labels.shape:
+            raise InputError(
+                f"consensus: {reverse_h5} shape {reverse.shape} != {ffn_h5} shape {labels.shape}"
+            )
         labels = intersection_consensus(labels, reverse, cleanup.min_segment_voxels)
         counters["consensus_segments"] = int(labels.max(initial=0))
     excluded = read_movement_mask(config, dataset, None, mask_h5)
