@@ -68,6 +68,6 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically write ``obj`` as JSON (indent 2, sorted keys, trailing newline)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, sort_keys: bool = True) -> None:
+    """Atomically write ``obj`` as JSON (indent 2, sorted keys unless told not to, newline)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")

@@ -55,9 +55,9 @@ class ResegmentationOptions:
     seed_exclusion_radius: int = 4
     max_seed_tries: int = 2
     min_recovery: float = 0.6
-    merge_iou: float = 0.8
-    min_consistency: float = 0.6
-    max_deleted: float = 0.02
+    merge_iou: float = 0.25
+    min_consistency: float = 0.4
+    max_deleted: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("radius_zyx", "analysis_radius_zyx"):

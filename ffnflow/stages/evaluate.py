@@ -22,6 +22,9 @@ from ffnflow.volumes import read_volume
 
 log = logging.getLogger("ffnflow")
 
+# The segmentation stages of the workflow, in pipeline order (results/NAME/<stage>.h5).
+STAGE_ORDER = ("ffn", "cleaned", "agglomerated")
+
 
 def run_evaluate(
     config: dict[str, Any],
@@ -34,7 +37,7 @@ def run_evaluate(
 
     The JSON holds the final figures at the top level (``vi_split``, ``vi_merge``,
     ``arand``, ``erl_nm``, ...) and a ``stages`` map with the same figures per stage, in
-    pipeline order, the final one last as ``final``.
+    pipeline order (:data:`STAGE_ORDER`, then any others), the final one last as ``final``.
     """
     dataset = dataset_config(config, dataset_name)
     if dataset.labels is None:
@@ -49,8 +52,10 @@ def run_evaluate(
         const_nm=cfg["teasar_const_nm"],
     )
     log.info("%s: %d ground-truth skeletons", dataset_name, len(skeletons))
+    order = {name: i for i, name in enumerate(STAGE_ORDER)}
+    ordered = sorted((stages or {}).items(), key=lambda kv: order.get(kv[0], len(order)))
     per_stage = {}
-    for name, spec in [*(stages or {}).items(), ("final", segmentation)]:
+    for name, spec in [*ordered, ("final", segmentation)]:
         seg = read_volume(spec)
         if labels.shape != seg.shape:
             raise InputError(
@@ -62,5 +67,5 @@ def run_evaluate(
         per_stage[name] = figures
         log.info("%s %s: %s", dataset_name, name, json.dumps(figures))
     metrics = {**per_stage["final"], "stages": per_stage}
-    write_json_atomic(metrics_json, metrics)
+    write_json_atomic(metrics_json, metrics, sort_keys=False)  # stages in pipeline order
     return metrics
