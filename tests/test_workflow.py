@@ -97,6 +97,7 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     assert (block / "benchmarks" / "segment_ffn.tsv").is_file()
     assert (block / "logs" / "segment_ffn.log").is_file()
     assert (results / "segmentation.precomputed" / "info").is_file()
+    check_report(work, config, targets)
     # A second run has nothing to do.
     again = snakemake(work, config, *targets)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -123,6 +124,33 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
         {"raw": f"{tiny_em}:raw", "labels": f"{tiny_em}:labels_v2", "resolution_nm": [10, 10, 10]},
     )
     assert planned_jobs(work, [eval_change], "results/mydata/metrics.json") == {"evaluate"}
+
+
+def check_report(work: Path, config: Path, targets: list[str]) -> None:
+    """``snakemake --report`` writes one self-contained HTML whose embedded images decode."""
+    import base64
+    import io
+    import re
+
+    import matplotlib.image
+
+    report = work / "report.html"
+    cmd = [str(SNAKEMAKE), "--directory", str(work), "--configfile", str(config)]
+    proc = subprocess.run(
+        [*cmd, "--report", str(report), "--", *targets], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = report.read_text()
+    images = dict(
+        re.findall(
+            r'"filename": "([^"]+\.png)".*?"data_uri": "data:image/png;[^"]*?base64,([^"]+)"', html
+        )
+    )
+    assert {"overlays.png", "connectome_summary.png"} <= set(images), sorted(images)
+    for name, data in images.items():
+        pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png")
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100 and pixels.std() > 0, name
+    assert "metrics.html" in html and "connectome_summary.json" in html
 
 
 def test_unknown_config_key_fails_before_any_job(tmp_path, tiny_em):
