@@ -22,9 +22,9 @@ import numpy as np
 from ffnflow.atomic import atomic_output
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
-from ffnflow.stages.common import block_grid, open_raw
-from ffnflow.stages.publish import chunk_shape
-from ffnflow.volumes import create_precomputed, open_volume, write_region
+from ffnflow.stages.common import open_raw
+from ffnflow.stages.publish import write_precomputed_by_blocks
+from ffnflow.volumes import open_volume
 
 log = logging.getLogger("ffnflow")
 
@@ -58,19 +58,9 @@ def export_layer(
     if (out_dir / "info").is_file():
         return out_dir
     source = open_volume(spec)
-    grid = block_grid(config, source.shape)
+    dtype = source.dtype if layer_type == "image" else np.uint64
     with atomic_output(out_dir) as tmp:
-        url = f"precomputed://file://{Path(tmp).resolve()}"
-        create_precomputed(
-            url,
-            source.shape,
-            source.dtype if layer_type == "image" else np.uint64,
-            resolution_nm,
-            layer_type,
-            chunk_zyx=chunk_shape(grid.block_shape),
-        )
-        for block in grid:
-            write_region(url, source.read(block.write_roi), block.write_roi.offset)
+        write_precomputed_by_blocks(config, source, tmp, resolution_nm, layer_type, dtype)
     return out_dir
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from ffnflow.atomic import atomic_output
 from ffnflow.config import dataset_config
 from ffnflow.stages.common import block_grid
-from ffnflow.volumes import create_precomputed, open_volume, write_region
+from ffnflow.volumes import Volume, create_precomputed, open_volume, write_region
 
 log = logging.getLogger("ffnflow")
 
@@ -43,22 +43,33 @@ def run_publish(
     with atomic_output(segmentation_h5) as tmp:
         shutil.copyfile(source_h5, tmp)
     source = open_volume(f"{source_h5}:labels")
-    grid = block_grid(config, source.shape)
     with atomic_output(precomputed_dir) as tmp:
-        url = f"precomputed://file://{Path(tmp).resolve()}"
-        create_precomputed(
-            url,
-            source.shape,
-            np.uint64,
-            dataset.resolution_nm,
-            "segmentation",
-            chunk_zyx=chunk_shape(grid.block_shape),
+        url = write_precomputed_by_blocks(
+            config, source, tmp, dataset.resolution_nm, "segmentation", np.uint64
         )
-        for block in grid:
-            write_region(url, source.read(block.write_roi), block.write_roi.offset)
         n_meshes, n_skeletons = add_meshes_and_skeletons(url, source.read(), dataset.resolution_nm)
     log.info("%d meshes and %d skeletons", n_meshes, n_skeletons)
     log.info("published %s -> %s and %s", source_h5, segmentation_h5, precomputed_dir)
+
+
+def write_precomputed_by_blocks(
+    config: dict[str, Any],
+    source: Volume,
+    out_dir: str | Path,
+    resolution_nm: tuple[float, float, float],
+    layer_type: str,
+    dtype: Any,
+) -> str:
+    """Write a volume as a precomputed layer in ``out_dir``, one block write ROI at a time
+    (chunks aligned with the blocks); returns the layer's URL."""
+    grid = block_grid(config, source.shape)
+    url = f"precomputed://file://{Path(out_dir).resolve()}"
+    create_precomputed(
+        url, source.shape, dtype, resolution_nm, layer_type, chunk_zyx=chunk_shape(grid.block_shape)
+    )
+    for block in grid:
+        write_region(url, source.read(block.write_roi), block.write_roi.offset)
+    return url
 
 
 def add_meshes_and_skeletons(
