@@ -173,12 +173,14 @@ def test_slurm_profile_runs_every_job_through_sbatch(slurm_cluster, tiny_em_sess
     assert sorted(r for r, ids in by_rule.items() for _ in ids) == remote, jobs
     # The FFN job asked SLURM for a GPU through its resources (--gpus=1) and got one; the
     # profile's resources are in effect (set-resources for segment, default-resources else).
-    for jid in by_rule["segment"]:
-        details = slurm_cluster.job_details(jid)
+    gpu_rules = {"segment": "8000M", "score_pairs": "4000M"}  # the FFN runs: rule -> mem_mb
+    for rule in set(gpu_rules) & set(by_rule):
+        details = slurm_cluster.job_details(by_rule[rule][0])
         assert re.search(r"TresPerJob=gres:gpu:1\b", details), details  # requested
         assert re.search(r"JOB_GRES=gpu:1\b", details), details  # allocated
-        assert "TimeLimit=04:00:00" in details and "MinMemoryNode=8000M" in details, details
-    for rule in set(by_rule) - {"segment"}:
+        assert "TimeLimit=04:00:00" in details, details
+        assert f"MinMemoryNode={gpu_rules[rule]}" in details, details
+    for rule in set(by_rule) - set(gpu_rules):
         details = slurm_cluster.job_details(by_rule[rule][0])
         assert "gpu" not in details and "TimeLimit=01:00:00" in details, details
     # The SLURM logs (kept here with --slurm-keep-successful-logs) are where the plugin puts them.
