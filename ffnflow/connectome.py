@@ -171,21 +171,19 @@ def build_graph(
 
 def synapse_graph(graph: nx.MultiDiGraph) -> nx.DiGraph:
     """The directed synapse edges alone (weight = synapse count)."""
-    out = nx.DiGraph()
-    out.add_nodes_from(graph.nodes)
-    for a, b, data in graph.edges(data=True):
-        if data["kind"] == "synapse":
-            out.add_edge(a, b, weight=data["weight"])
-    return out
+    return _edges_of_kind(graph, "synapse", "weight", nx.DiGraph())
 
 
 def contact_graph(graph: nx.MultiDiGraph) -> nx.Graph:
     """The contact edges alone, undirected (area_um2)."""
-    out = nx.Graph()
+    return _edges_of_kind(graph, "contact", "area_um2", nx.Graph())
+
+
+def _edges_of_kind(graph: nx.MultiDiGraph, kind: str, attribute: str, out):
     out.add_nodes_from(graph.nodes)
     for a, b, data in graph.edges(data=True):
-        if data["kind"] == "contact":
-            out.add_edge(a, b, area_um2=data["area_um2"])
+        if data["kind"] == kind:
+            out.add_edge(a, b, **{attribute: data[attribute]})
     return out
 
 

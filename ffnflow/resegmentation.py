@@ -86,15 +86,9 @@ class DecisionPoint:
 
 
 @dataclass(frozen=True)
-class PairScore:
+class PairScore(DecisionPoint):
     """The outcome of resegmenting one decision point (fractions 0..1)."""
 
-    a: int
-    b: int
-    z: int
-    y: int
-    x: int
-    contact_faces: int
     iou: float
     consistency_a: float
     consistency_b: float
