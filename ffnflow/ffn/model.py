@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ffnflow.atomic import atomic_output
+from ffnflow.checkpoint_io import load_payload, payload_resolution
 from ffnflow.errors import InputError
 
 CHECKPOINT_KEYS = ("arch", "state_dict", "normalization")
@@ -152,25 +153,16 @@ class LoadedModel:
 def load_checkpoint(path: str | Path) -> LoadedModel:
     """Load an ffnflow checkpoint (``.pt``) into a ConvStack3D on the CPU, in eval mode."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"FFN checkpoint {path}: not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise InputError(f"FFN checkpoint {path}: cannot be read ({exc})") from exc
-    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
-    if missing:
-        raise InputError(f"FFN checkpoint {path}: missing keys {missing}")
+    payload = load_payload(path, "FFN checkpoint", CHECKPOINT_KEYS)
     arch_args = dict(payload["arch"])
     arch_args["fov_size_zyx"] = tuple(arch_args["fov_size_zyx"])
     arch_args["deltas_zyx"] = tuple(arch_args["deltas_zyx"])
     model = ConvStack3D(ModelArch(**arch_args))
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    res = payload.get("resolution_nm")
     return LoadedModel(
         model=model,
         normalization=dict(payload["normalization"]),
-        resolution_nm=tuple(float(v) for v in res) if res is not None else None,
+        resolution_nm=payload_resolution(payload),
         path=path,
     )

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ffnflow.atomic import atomic_output
+from ffnflow.checkpoint_io import load_payload, payload_resolution
 from ffnflow.errors import InputError
 
 CHECKPOINT_KEYS = ("arch", "state_dict", "normalization")
@@ -181,26 +182,17 @@ def save_masknet(
 def load_masknet(path: str | Path) -> LoadedMaskNet:
     """Load a mask net checkpoint (``.pt``) on the CPU, in eval mode."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"mask net checkpoint {path}: not found (masknet.checkpoint)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise InputError(f"mask net checkpoint {path}: cannot be read ({exc})") from exc
-    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
-    if missing:
-        raise InputError(f"mask net checkpoint {path}: missing keys {missing}")
+    payload = load_payload(path, "mask net checkpoint", CHECKPOINT_KEYS, " (masknet.checkpoint)")
     try:
         model = MaskNet(MaskNetArch(**payload["arch"]))
         model.load_state_dict(payload["state_dict"])
     except (TypeError, RuntimeError) as exc:
         raise InputError(f"mask net checkpoint {path}: not a mask net ({exc})") from exc
     model.eval()
-    res = payload.get("resolution_nm")
     return LoadedMaskNet(
         model=model,
         normalization=dict(payload["normalization"]),
-        resolution_nm=tuple(float(v) for v in res) if res is not None else None,
+        resolution_nm=payload_resolution(payload),
         path=path,
         provenance=str(payload.get("provenance", "")),
     )
