@@ -129,3 +129,23 @@ def test_tiny_real_model_runs_through_the_canvas():
 def test_options_reject_non_probabilities():
     with pytest.raises(ValueError, match="move_threshold"):
         InferenceOptions(move_threshold=1.5)
+
+
+def test_mirrored_volume_border_lets_border_seeds_trace_inside_the_volume():
+    from ffnflow.stages.segment import pad_volume_border
+
+    image, tube = tube_image(shape=(12, 40, 40))  # thinner than two FOVs: all near the border
+    seed = (2, 20, 20)
+    plain = Canvas(image, OraclePredictor(), OPTIONS).segment_all([seed])
+    assert plain.counters["seeds_skipped_border"] == 1 and not plain.labels.any()
+
+    pad = [(4, 4), (0, 0), (0, 0)]  # the oracle's FOV radius, along z
+    padded, mask = pad_volume_border(image, None, pad)
+    assert padded.shape == (20, 40, 40) and mask[:4].all() and not mask[4:16].any()
+    assert np.array_equal(padded[:4], image[3::-1])  # mirrored
+    result = Canvas(padded, OraclePredictor(), OPTIONS, movement_mask=mask).segment_all(
+        [(seed[0] + 4, *seed[1:])]
+    )
+    labels = result.labels[4:16]
+    assert not result.labels[:4].any() and not result.labels[16:].any()
+    assert np.array_equal(labels > 0, tube)

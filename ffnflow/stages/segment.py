@@ -18,7 +18,7 @@ from ffnflow.ffn.canvas import Canvas, InferenceOptions
 from ffnflow.ffn.model import ConvStack3D, load_checkpoint
 from ffnflow.ffn.predictor import FovPredictor, resolve_device
 from ffnflow.seeds import read_seeds_csv
-from ffnflow.stages.common import check_resolution, dataset_block, ffn_inputs
+from ffnflow.stages.common import check_resolution, dataset_block, ffn_inputs, open_raw
 from ffnflow.volumes import write_volume
 
 log = logging.getLogger("ffnflow")
@@ -48,6 +48,35 @@ def write_block_segmentation(
             **attrs,
         },
     )
+
+
+def border_padding(
+    block: Block, volume_shape: tuple[int, int, int], fov_size_zyx, ffn_cfg: dict[str, Any]
+) -> list[tuple[int, int]] | None:
+    """Padding (before, after) per axis (z, y, x) of a block's image at the volume border.
+
+    With ``ffn.volume_border: mirror`` the image is mirrored by the FOV radius where the
+    block's read ROI touches the volume border, so objects there can be seeded and traced;
+    ``skip`` (the reference) leaves seeds without a full FOV of image unused.
+    """
+    if ffn_cfg.get("volume_border", "skip") != "mirror":
+        return None
+    radius = np.asarray(fov_size_zyx) // 2
+    roi = block.read_roi
+    pad = [
+        (int(r) if o == 0 else 0, int(r) if e == n else 0)
+        for r, o, e, n in zip(radius, roi.offset, roi.end, volume_shape)
+    ]
+    return pad if any(a or b for a, b in pad) else None
+
+
+def pad_volume_border(
+    image: np.ndarray, movement_mask: np.ndarray | None, pad: list[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image mirrored by ``pad`` and a movement mask that keeps FOVs, seeds and labels
+    out of the mirrored part (True there)."""
+    mask = np.zeros(image.shape, dtype=bool) if movement_mask is None else movement_mask
+    return np.pad(image, pad, mode="symmetric"), np.pad(mask, pad, constant_values=True)
 
 
 def make_predictor(
@@ -124,12 +153,21 @@ def run_segment(
         ffn_cfg["precision"],
     )
     image, movement_mask = ffn_inputs(config, dataset, block.read_roi, mask_h5)
+    pad = border_padding(block, open_raw(dataset).shape, loaded.model.arch.fov_size_zyx, ffn_cfg)
+    if pad is not None:
+        image, movement_mask = pad_volume_border(image, movement_mask, pad)
     if max_objects == 1:
         canvas = Canvas(image, predictor, options, movement_mask=movement_mask)
     else:
         canvas = BatchedCanvas(image, predictor, options, movement_mask, max_objects=max_objects)
     local_seeds = seeds - np.asarray(block.read_roi.offset)
+    if pad is not None:
+        local_seeds = local_seeds + np.array([lo for lo, _ in pad])
     result = canvas.segment_all(map(tuple, local_seeds), progress=ffn_cfg["progress"])
+    if pad is not None:
+        result.labels = result.labels[
+            tuple(slice(lo, n - hi) for (lo, hi), n in zip(pad, result.labels.shape))
+        ]
     counters = {
         **result.counters,
         "device": str(predictor.device),
