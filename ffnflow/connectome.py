@@ -83,18 +83,24 @@ def read_synapses(
 def assign_synapses(segmentation: np.ndarray, synapses: Synapses) -> SynapseAssignment:
     """Count synapses per (pre segment, post segment) of a label volume (z, y, x)."""
     result = SynapseAssignment()
+    n = len(synapses)
+    if n == 0:
+        return result
     shape = np.asarray(segmentation.shape)
-    for i, (pre, post) in enumerate(zip(synapses.pre, synapses.post)):
-        if np.any(pre < 0) or np.any(pre >= shape) or np.any(post < 0) or np.any(post >= shape):
-            result.unassigned.append((i, "outside_volume"))
-            continue
-        a, b = int(segmentation[tuple(pre)]), int(segmentation[tuple(post)])
-        if a == 0:
-            result.unassigned.append((i, "pre_unsegmented"))
-        elif b == 0:
-            result.unassigned.append((i, "post_unsegmented"))
-        else:
-            result.counts[(a, b)] += 1
+    pre, post = np.asarray(synapses.pre), np.asarray(synapses.post)
+    inside = np.all((pre >= 0) & (pre < shape) & (post >= 0) & (post < shape), axis=1)
+    a = np.zeros(n, dtype=np.uint64)
+    b = np.zeros(n, dtype=np.uint64)
+    a[inside] = segmentation[tuple(pre[inside].T)]
+    b[inside] = segmentation[tuple(post[inside].T)]
+    reason = np.full(n, "", dtype=object)
+    reason[(b == 0) & inside] = "post_unsegmented"
+    reason[(a == 0) & inside] = "pre_unsegmented"
+    reason[~inside] = "outside_volume"
+    result.unassigned = [(int(i), str(reason[i])) for i in np.flatnonzero(reason != "")]
+    ok = reason == ""
+    pairs, counts = np.unique(np.stack([a[ok], b[ok]], axis=1), axis=0, return_counts=True)
+    result.counts.update({(int(x), int(y)): int(c) for (x, y), c in zip(pairs, counts)})
     return result
 
 
