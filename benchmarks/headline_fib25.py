@@ -64,13 +64,13 @@ def write_region(work: Path) -> Path:
 
 
 def rule_seconds(bench_dir: Path) -> dict[str, float]:
-    """Wall seconds per rule (summed over its jobs) from snakemake's benchmark TSVs."""
+    """Wall seconds per rule (summed over blocks) from snakemake's benchmark TSVs."""
     out: dict[str, float] = {}
-    for tsv in sorted(bench_dir.rglob("*.tsv")):
+    for tsv in sorted(bench_dir.rglob("benchmarks/*.tsv")):
         with open(tsv) as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         if rows:
-            key = tsv.stem.split("_z")[0]
+            key = tsv.stem
             out[key] = round(out.get(key, 0.0) + float(rows[0]["s"]), 1)
     return out
 
@@ -156,7 +156,7 @@ def main() -> None:
         + ", ".join(f"{k} {ffn_c[k]}" for k in ("seeds_total", "seeds_accepted", "fov_evaluations") if k in ffn_c)
     )
     lines.append("agglomeration: " + ", ".join(f"{k} {v}" for k, v in agg_c.items()))
-    lines.append("rule wall seconds: " + json.dumps(rule_seconds(work / "benchmarks")))
+    lines.append("rule wall seconds: " + json.dumps(rule_seconds(results)))
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
@@ -167,7 +167,7 @@ def main() -> None:
         "stages": metrics["stages"],
         "published": pub,
         "counters": counters,
-        "rule_wall_s": rule_seconds(work / "benchmarks"),
+        "rule_wall_s": rule_seconds(results),
     }
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({"wall_min": summary["wall_min"], "final": final, "published": pub}))
