@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from ffnflow.metrics import segmentation_metrics
 from ffnflow.run_length import segmentation_run_length, skeletonize
@@ -58,7 +57,9 @@ def write_region(work: Path) -> Path:
     tmp = out.with_suffix(".tmp.h5")
     with h5py.File(DATA / "fib25_s2_train.h5", "r") as src, h5py.File(tmp, "w") as dst:
         for name in ("raw", "labels"):
-            dst.create_dataset(name, data=src[name][:, :, EVAL_X[0] : EVAL_X[1]], compression="gzip")
+            dst.create_dataset(
+                name, data=src[name][:, :, EVAL_X[0] : EVAL_X[1]], compression="gzip"
+            )
     tmp.rename(out)
     return out
 
@@ -153,7 +154,11 @@ def main() -> None:
     ffn_c, agg_c = counters["ffn"], counters["agglomeration"]
     lines.append(
         "FFN pass: "
-        + ", ".join(f"{k} {ffn_c[k]}" for k in ("seeds_total", "seeds_accepted", "fov_evaluations") if k in ffn_c)
+        + ", ".join(
+            f"{k} {ffn_c[k]}"
+            for k in ("seeds_total", "seeds_accepted", "fov_evaluations")
+            if k in ffn_c
+        )
     )
     lines.append("agglomeration: " + ", ".join(f"{k} {v}" for k, v in agg_c.items()))
     lines.append("rule wall seconds: " + json.dumps(rule_seconds(results)))

@@ -1,0 +1,605 @@
+"""GPU acceptance: parity, inference throughput and training speed of ffnflow's FFN on one GPU.
+
+One script for a short lease of an H100/H200 (``benchmarks/gpu_acceptance.sh`` runs it
+there); it runs on the CPU too (``--quick``: tiny crops and models, to test the script).
+Sections, each guarded by a time budget, each adding to ``OUT/gpu_acceptance.json``
+(rewritten after every section, so a killed run keeps what finished) and logging to
+``OUT/gpu_acceptance.log``:
+
+``env``        device, driver, torch/CUDA/cuDNN versions, date.
+``parity``     fp32 sequential inference on ``google_ffn_crop.h5`` with the published
+               weights vs ``google_seg`` (ARAND, label 0 counted), and the batched
+               engine (fp32, then bf16) vs that fp32 result.
+``forward``    the model alone on the device: FOV/s and TFLOP/s per precision and batch.
+``throughput`` on the 160x250x250 and 250^3 FIB-25 volumes: (a) the reference schedule,
+               one object, batch 1, fp32, timed over its first ``--seq-seconds``; (b) the
+               batched bf16 engine over the whole volume, for each ``--max-objects``;
+               (c) ``--workers`` processes, each the batched engine on one block of the
+               volume, sharing the GPU. FOV/s, TFLOP/s (50 GFLOP per FOV x forward
+               passes run), batch occupancy, peak GPU memory.
+``training``   training throughput (FOV/s, forward + backward) of the FIB-25 architecture
+               in bf16 for a few batch sizes.
+``finetune``   fine-tunes the published weights on x 0-125 of ``fib25_s2_train.h5`` for
+               ``--finetune-minutes``, saves ``OUT/ffn_finetuned.pt`` (to be evaluated on
+               the CPU on x 125-250), and gives a quick GPU evaluation on x 125-250
+               against the published weights.
+
+Usage: python benchmarks/gpu_acceptance.py OUT [--data DIR] [--sections a,b,...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ffnflow.ffn.batched import BatchedCanvas  # noqa: E402
+from ffnflow.ffn.canvas import Canvas, InferenceOptions  # noqa: E402
+from ffnflow.ffn.model import ModelArch, load_checkpoint  # noqa: E402
+from ffnflow.ffn.predictor import FovPredictor  # noqa: E402
+from ffnflow.metrics import segmentation_metrics  # noqa: E402
+from ffnflow.seeds import sobel_peak_seeds  # noqa: E402
+
+SECTIONS = ("env", "parity", "throughput", "training", "finetune", "forward")
+CHECKPOINT = REPO / "models" / "ffn_fib25_google.pt"
+log = logging.getLogger("gpu_acceptance")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def normalise(raw: np.ndarray, loaded) -> np.ndarray:
+    n = loaded.normalization
+    return (raw.astype(np.float32) - n["image_mean"]) / n["image_stddev"]
+
+
+def seeds_of(image: np.ndarray) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in s) for s in sobel_peak_seeds(image)]
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """b against a, label 0 counted as a label."""
+    m = segmentation_metrics(a, b, ignore_gt_zero=False)
+    return {
+        "arand": round(m["arand"], 5),
+        "vi_split": round(m["vi_split"], 5),
+        "vi_merge": round(m["vi_merge"], 5),
+        "identical_voxels": round(float(np.mean(a == b)), 6),
+    }
+
+
+def predictor(loaded, device, precision, max_objects=1, benchmark=False) -> FovPredictor:
+    """A predictor as the workflow builds one: batches padded to ``max_objects`` FOVs."""
+    return FovPredictor(
+        loaded.model,
+        str(device),
+        precision,
+        fixed_batch=max_objects,
+        deterministic=not benchmark,
+    )
+
+
+def warm(pred: FovPredictor, n: int) -> None:
+    shape = (n, *pred.fov_size_zyx)
+    pred.predict(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+    pred.fov_evaluations = 0
+
+
+def run_stats(result, flops: float, max_objects: int | None = None) -> dict[str, Any]:
+    c = result.counters
+    wall = max(float(c["wall_s"]), 1e-9)
+    run = int(c.get("fov_evaluations_total", c["fov_evaluations"]))
+    out = {
+        "wall_s": round(wall, 3),
+        "fov_evaluations": int(c["fov_evaluations"]),
+        "fov_evaluations_run": run,
+        "fov_per_s": round(c["fov_evaluations"] / wall, 2),
+        "fov_per_s_run": round(run / wall, 2),
+        "tflops": round(run * flops / wall / 1e12, 3),
+        "voxels_per_s": round(float(c["voxels_segmented"]) / wall, 1),
+        "segments": len(result.origins),
+    }
+    if max_objects:
+        batches = max(int(c["forward_batches"]), 1)
+        out["forward_batches"] = batches
+        out["mean_batch"] = round(run / batches, 2)
+        out["batch_occupancy"] = round(run / batches / max_objects, 3)
+        out["restarts"] = int(c["objects_restarted"])
+        out["cancelled"] = int(c["objects_cancelled"])
+    return out
+
+
+def sequential_for(canvas: Canvas, seeds, seconds: float) -> dict[str, Any]:
+    """The reference schedule over the first seeds until ``seconds`` have passed."""
+    t0 = time.perf_counter()
+    done = 0
+    for pos in seeds:
+        canvas.try_seed(pos)
+        done += 1
+        if time.perf_counter() - t0 > seconds:
+            break
+    wall = time.perf_counter() - t0
+    fovs = int(canvas.counters["fov_evaluations"])
+    return {
+        "wall_s": round(wall, 2),
+        "seeds_done": done,
+        "seeds_total": len(seeds),
+        "fov_evaluations": fovs,
+        "fov_per_s": round(fovs / wall, 2),
+        "voxels_per_s": round(float(canvas.counters["voxels_segmented"]) / wall, 1),
+    }
+
+
+# -- sections --------------------------------------------------------------------------------
+def section_env(args, device, results) -> None:
+    info: dict[str, Any] = {
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=p.name,
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            multiprocessors=p.multi_processor_count,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
+        try:
+            info["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            info["driver"] = f"nvidia-smi failed: {exc}"
+    results["env"] = info
+
+
+def section_parity(args, device, results) -> None:
+    loaded = load_checkpoint(CHECKPOINT)
+    flops = loaded.model.arch.flops_per_fov
+    with h5py.File(Path(args.data) / "google_ffn_crop.h5", "r") as f:
+        raw, google = f["raw"][:], f["google_seg"][:]
+    if args.quick:
+        raw, google = raw[:60, :60, :60], google[:60, :60, :60]
+    image = normalise(raw, loaded)
+    seeds = seeds_of(image)
+    options = InferenceOptions()
+    out: dict[str, Any] = {"crop_zyx": list(raw.shape), "seeds": len(seeds)}
+
+    pred = predictor(loaded, device, "fp32")
+    warm(pred, 1)
+    fp32 = Canvas(image, pred, options).segment_all(seeds)
+    out["fp32_sequential"] = run_stats(fp32, flops) | {
+        "vs_google_seg": agreement(google, fp32.labels)
+    }
+    log.info("parity fp32 sequential vs google_seg: %s", out["fp32_sequential"])
+    for name, precision in (("fp32_batched", "fp32"), ("bf16_batched", "bf16")):
+        mo = args.parity_objects
+        pred = predictor(loaded, device, precision, mo)
+        warm(pred, mo)
+        res = BatchedCanvas(image, pred, options, max_objects=mo).segment_all(seeds)
+        out[name] = run_stats(res, flops, mo) | {
+            "max_objects": mo,
+            "vs_fp32_sequential": agreement(fp32.labels, res.labels),
+            "vs_google_seg": agreement(google, res.labels),
+        }
+        log.info("parity %s: %s", name, out[name])
+    results["parity"] = out
+
+
+def section_forward(args, device, results) -> None:
+    """The model alone: N forward passes of a batch already on the device."""
+    loaded = load_checkpoint(CHECKPOINT)
+    arch = loaded.model.arch
+    flops = arch.flops_per_fov
+    out = []
+    configs = [("fp32", b, False) for b in args.forward_batches[:3]]
+    configs += [("bf16", b, False) for b in args.forward_batches]
+    configs += [("bf16", b, True) for b in args.forward_batches[-2:]]
+    for precision, batch, bench in configs:
+        pred = FovPredictor(loaded.model, str(device), precision, deterministic=not bench)
+        x = torch.zeros((batch, 2, *arch.fov_size_zyx), device=device)
+        x = x.contiguous(memory_format=pred._torch_format)
+        with torch.inference_mode(), pred._cudnn_flags():
+            for _ in range(3):
+                pred._forward(x[:, 0:1], x[:, 1:2])
+            sync(device)
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < args.forward_seconds or reps < 2:
+                pred._forward(x[:, 0:1], x[:, 1:2])
+                reps += 1
+                if reps % 4 == 0:
+                    sync(device)
+            sync(device)
+            wall = time.perf_counter() - t0
+        row = {
+            "precision": precision,
+            "batch": batch,
+            "cudnn_benchmark": bench,
+            "fov_per_s": round(reps * batch / wall, 1),
+            "tflops": round(reps * batch * flops / wall / 1e12, 2),
+            "ms_per_call": round(1000 * wall / reps, 3),
+        }
+        out.append(row)
+        log.info("forward %s", row)
+    results["forward"] = out
+
+
+def _block_worker(task: tuple) -> dict[str, Any]:
+    """(c): the batched engine on one block, in its own process sharing the GPU."""
+    path, roi, device, max_objects, benchmark = task
+    torch.set_num_threads(1)
+    loaded = load_checkpoint(CHECKPOINT)
+    with h5py.File(path, "r") as f:
+        raw = f["raw"][tuple(slice(a, a + s) for a, s in zip(roi[0], roi[1]))]
+    image = normalise(raw, loaded)
+    seeds = seeds_of(image)
+    pred = predictor(loaded, torch.device(device), "bf16", max_objects, benchmark)
+    warm(pred, max_objects)
+    res = BatchedCanvas(image, pred, InferenceOptions(), max_objects=max_objects).segment_all(seeds)
+    c = res.counters
+    return {
+        "fov_evaluations": int(c["fov_evaluations"]),
+        "fov_evaluations_run": int(c["fov_evaluations_total"]),
+        "wall_s": float(c["wall_s"]),
+        "voxels_segmented": int(c["voxels_segmented"]),
+    }
+
+
+def section_throughput(args, device, results) -> None:
+    loaded = load_checkpoint(CHECKPOINT)
+    flops = loaded.model.arch.flops_per_fov
+    volumes = {
+        "fib25_s2_160x250x250": "fib25_s2_train.h5",
+        "fib25_s1_250x250x250": "fib25_s1_raw.h5",
+    }
+    for name, filename in volumes.items():
+        path = Path(args.data) / filename
+        with h5py.File(path, "r") as f:
+            raw = f["raw"][:]
+        if args.quick:
+            raw = raw[:48, :64, :64]
+        image = normalise(raw, loaded)
+        t0 = time.perf_counter()
+        seeds = seeds_of(image)
+        entry: dict[str, Any] = {
+            "shape_zyx": list(raw.shape),
+            "seeds": len(seeds),
+            "seeding_s": round(time.perf_counter() - t0, 2),
+        }
+        results.setdefault("throughput", {})[name] = entry
+
+        pred = predictor(loaded, device, "fp32")
+        warm(pred, 1)
+        reset_peak(device)
+        entry["a_sequential_fp32"] = sequential_for(
+            Canvas(image, pred, InferenceOptions()), seeds, args.seq_seconds
+        ) | {"peak_gpu_gib": peak_memory_gib(device)}
+        log.info("%s (a) %s", name, entry["a_sequential_fp32"])
+        del pred
+
+        for mo in args.max_objects:
+            pred = predictor(loaded, device, "bf16", mo, benchmark=True)
+            warm(pred, mo)
+            reset_peak(device)
+            res = BatchedCanvas(image, pred, InferenceOptions(), max_objects=mo).segment_all(seeds)
+            stats = run_stats(res, flops, mo) | {"peak_gpu_gib": peak_memory_gib(device)}
+            stats["speedup_vs_a"] = round(
+                stats["fov_per_s"] / max(entry["a_sequential_fp32"]["fov_per_s"], 1e-9), 2
+            )
+            entry[f"b_batched_bf16_objects{mo}"] = stats
+            log.info("%s (b) objects %d: %s", name, mo, stats)
+            del pred, res
+            results["throughput"][name] = entry
+            write_results(args, results)
+
+        if args.workers > 1 and name == "fib25_s2_160x250x250":
+            # (c) the volume as blocks (split along y and x), one process per block.
+            shape = np.array(raw.shape)
+            tiles = [(0, 0), (0, 1), (1, 0), (1, 1)] if args.workers >= 4 else [(0, 0), (0, 1)]
+            zs = (
+                [(0, shape[0])]
+                if args.workers < 8
+                else [(0, shape[0] // 2), (shape[0] // 2, shape[0])]
+            )
+            tasks = []
+            for z0, z1 in zs:
+                for ty, tx in tiles:
+                    ny, nx = (2, 2) if len(tiles) == 4 else (1, 2)
+                    y0, y1 = ty * shape[1] // ny, (ty + 1) * shape[1] // ny
+                    x0, x1 = tx * shape[2] // nx, (tx + 1) * shape[2] // nx
+                    ctx = 16
+                    lo = np.maximum([z0 - ctx, y0 - ctx, x0 - ctx], 0)
+                    hi = np.minimum([z1 + ctx, y1 + ctx, x1 + ctx], shape)
+                    tasks.append((str(path), (tuple(map(int, lo)), tuple(map(int, hi - lo))),
+                                  str(device), args.worker_objects, True))  # fmt: skip
+            t0 = time.perf_counter()
+            ctx_mp = mp.get_context("spawn")
+            with ctx_mp.Pool(len(tasks)) as pool:
+                parts = pool.map(_block_worker, tasks)
+            wall = time.perf_counter() - t0
+            fovs = sum(p["fov_evaluations_run"] for p in parts)
+            slowest = max(p["wall_s"] for p in parts)
+            entry["c_blocks_processes"] = {
+                "workers": len(tasks),
+                "max_objects_each": args.worker_objects,
+                "fov_evaluations_run": fovs,
+                "wall_s_incl_startup": round(wall, 2),
+                "wall_s_slowest_worker": round(slowest, 2),
+                "fov_per_s": round(fovs / slowest, 2),
+                "tflops": round(fovs * flops / slowest / 1e12, 3),
+                "speedup_vs_a": round(
+                    fovs / slowest / max(entry["a_sequential_fp32"]["fov_per_s"], 1e-9), 2
+                ),
+                "parts": parts,
+            }
+            log.info("%s (c) %s", name, entry["c_blocks_processes"])
+        results["throughput"][name] = entry
+        write_results(args, results)
+
+
+def fib25_training_data(args, arch: ModelArch):
+    from ffnflow.ffn.training.coordinates import (
+        ExampleCoordinates,
+        example_margin,
+        region_coordinates,
+    )
+    from ffnflow.ffn.training.examples import TrainingVolume
+    from ffnflow.ffn.training.partitions import DEFAULT_THRESHOLDS
+
+    with h5py.File(Path(args.data) / "fib25_s2_train.h5", "r") as f:
+        raw, labels = f["raw"][:, :, :125], f["labels"][:, :, :125]  # x 0-125 only
+    if args.quick:
+        raw, labels = raw[:64, :96], labels[:64, :96]
+    margin = example_margin(arch.fov_size_zyx, arch.deltas_zyx)
+    coords, partition = region_coordinates(
+        labels, (0, 0, 0), margin, DEFAULT_THRESHOLDS, 1000, 200000
+    )
+    name = "fib25_s2_train_x0-125"
+    return [TrainingVolume(name, raw, labels, (0, 0, 0))], [
+        ExampleCoordinates(name, coords, partition)
+    ]
+
+
+def training_arch(args) -> ModelArch:
+    if args.quick:
+        return ModelArch(depth=2, features=8, fov_size_zyx=(17,) * 3, deltas_zyx=(4,) * 3)
+    return load_checkpoint(CHECKPOINT).model.arch
+
+
+def section_training(args, device, results) -> None:
+    from ffnflow.ffn.training.prefetch import Prefetcher
+    from ffnflow.ffn.training.sampler import BalancedSampler
+    from ffnflow.ffn.training.trainer import Trainer, TrainingOptions
+
+    arch = training_arch(args)
+    volumes, examples = fib25_training_data(args, arch)
+    out = []
+    for precision, batch in [("bf16", b) for b in args.train_batches] + [
+        ("fp32", args.train_batches[0])
+    ]:
+        options = TrainingOptions(
+            arch=arch, batch_size=batch, device=str(device), precision=precision
+        )
+        trainer = Trainer(volumes, BalancedSampler(examples), options)
+        reset_peak(device)
+        with Prefetcher(trainer.make_example, 0, depth=4 * batch) as source:
+            trainer.source = source
+            for _ in range(3):
+                trainer.train_step()
+            sync(device)
+            f0, t0 = trainer.fovs, time.perf_counter()
+            while time.perf_counter() - t0 < args.train_seconds:
+                loss = trainer.train_step()
+            float(loss)
+            sync(device)
+            wall = time.perf_counter() - t0
+            trainer.source = None
+        fovs = trainer.fovs - f0
+        row = {
+            "precision": precision,
+            "batch": batch,
+            "fov_per_s": round(fovs / wall, 1),
+            "tflops_fwd_bwd": round(fovs / wall * 3 * arch.flops_per_fov / 1e12, 2),
+            "examples_per_s": round(trainer.next_example / wall, 2),
+            "peak_gpu_gib": peak_memory_gib(device),
+        }
+        out.append(row)
+        log.info("training %s", row)
+        del trainer
+    results["training"] = out
+
+
+def evaluate_on_eval_half(args, device, checkpoint: Path) -> dict[str, Any]:
+    """Quick GPU evaluation on x 125-250 (bf16 batched engine, PolicyPeaks seeds)."""
+    loaded = load_checkpoint(checkpoint)
+    with h5py.File(Path(args.data) / "fib25_s2_train.h5", "r") as f:
+        raw, labels = f["raw"][:, :, 125:], f["labels"][:, :, 125:]
+    if args.quick:
+        raw, labels = raw[:48, :64, :64], labels[:48, :64, :64]
+    image = normalise(raw, loaded)
+    mo = args.max_objects[0]
+    pred = predictor(loaded, device, "bf16", mo, benchmark=True)
+    res = BatchedCanvas(image, pred, InferenceOptions(), max_objects=mo).segment_all(
+        seeds_of(image)
+    )
+    m = segmentation_metrics(labels, res.labels)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()} | {
+        "fov_evaluations": int(res.counters["fov_evaluations"]),
+        "wall_s": float(res.counters["wall_s"]),
+    }
+
+
+def section_finetune(args, device, results) -> None:
+    from ffnflow.ffn.training.run import train_ffn
+    from ffnflow.ffn.training.trainer import TrainingOptions
+
+    arch = training_arch(args)
+    volumes, examples = fib25_training_data(args, arch)
+    rate = next(
+        (r["fov_per_s"] for r in results.get("training", []) if r["precision"] == "bf16"
+         and r["batch"] == args.finetune_batch), None,
+    )  # fmt: skip
+    steps = int(rate * 60 * args.finetune_minutes / args.finetune_batch) if rate else 100000
+    options = TrainingOptions(
+        arch=arch,
+        steps=max(steps, 10),
+        batch_size=args.finetune_batch,
+        optimizer="adam",
+        learning_rate=args.finetune_lr,
+        lr_schedule="cosine",
+        device=str(device),
+        precision="bf16",
+        checkpoint_every=10**9,
+        validate_every=0,
+        log_every=50,
+        max_minutes=args.finetune_minutes,
+        seed=0,
+    )
+    out_dir = Path(args.out)
+    ckpt = out_dir / "ffn_finetuned.pt"
+    init = None if args.quick else CHECKPOINT
+    loaded = load_checkpoint(CHECKPOINT)
+    t0 = time.perf_counter()
+    rows = train_ffn(
+        volumes,
+        examples,
+        options,
+        ckpt,
+        out_dir / "finetune_log.csv",
+        out_dir / "finetune_loss.png",
+        Path("/tmp") / "ffnflow_finetune_state.pt",
+        loaded.normalization,
+        loaded.resolution_nm or (10.0, 10.0, 10.0),
+        sources={"fib25_s2_train.h5": "x 0-125"},
+        init_checkpoint=init,
+    )
+    wall = time.perf_counter() - t0
+    entry = {
+        "steps_planned": options.steps,
+        "steps_done": rows[-1]["step"] if rows else 0,
+        "fovs": rows[-1]["fovs"] if rows else 0,
+        "wall_s": round(wall, 1),
+        "batch": args.finetune_batch,
+        "learning_rate": args.finetune_lr,
+        "loss_first": rows[0]["loss"] if rows else None,
+        "loss_last": rows[-1]["loss"] if rows else None,
+        "checkpoint": ckpt.name,
+    }
+    results["finetune"] = entry
+    write_results(args, results)
+    log.info("finetune %s", entry)
+    if not args.quick:
+        entry["gpu_eval_x125_250"] = {
+            "published": evaluate_on_eval_half(args, device, CHECKPOINT),
+            "finetuned": evaluate_on_eval_half(args, device, ckpt),
+        }
+        log.info("finetune eval %s", entry["gpu_eval_x125_250"])
+
+
+def write_results(args, results) -> None:
+    path = Path(args.out) / "gpu_acceptance.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", help="output folder (JSON, log, fine-tuned checkpoint)")
+    parser.add_argument(
+        "--data", default=os.environ.get("FFNFLOW_DATA", str(REPO.parent / "shared" / "data"))
+    )
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--deadline-s", type=float, default=0, help="skip sections that start after this (0: none)"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny crops and models (CPU test)")
+    parser.add_argument("--parity-objects", type=int, default=16)
+    parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--forward-seconds", type=float, default=1.0)
+    parser.add_argument("--seq-seconds", type=float, default=15.0)
+    parser.add_argument("--max-objects", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--worker-objects", type=int, default=64)
+    parser.add_argument("--train-batches", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--train-seconds", type=float, default=8.0)
+    parser.add_argument("--finetune-minutes", type=float, default=2.0)
+    parser.add_argument("--finetune-batch", type=int, default=32)
+    parser.add_argument("--finetune-lr", type=float, default=5e-5)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[
+            logging.StreamHandler(sys.stdout),
+            logging.FileHandler(out / "gpu_acceptance.log"),
+        ],
+    )
+    from ffnflow.ffn.predictor import resolve_device
+
+    device = resolve_device(args.device)
+    results: dict[str, Any] = {"sections": {}}
+    start = time.perf_counter()
+    for name in args.sections.split(","):
+        fn = globals()[f"section_{name}"]
+        t0 = time.perf_counter()
+        if args.deadline_s and t0 - start > args.deadline_s:
+            results["sections"][name] = {"status": "skipped: deadline", "wall_s": 0.0}
+            continue
+        log.info("== %s", name)
+        try:
+            fn(args, device, results)
+            status = "ok"
+        except Exception:  # a failed section must not cost the others
+            status = traceback.format_exc()
+            log.error("section %s failed:\n%s", name, status)
+        results["sections"][name] = {"status": status, "wall_s": round(time.perf_counter() - t0, 1)}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        write_results(args, results)
+    log.info("done: %s", json.dumps(results["sections"]))
+
+
+if __name__ == "__main__":
+    main()
