@@ -13,10 +13,10 @@ Sections, each guarded by a time budget, each adding to ``OUT/gpu_acceptance.jso
 ``forward``    the model alone on the device: FOV/s and TFLOP/s per precision and batch.
 ``throughput`` on the 160x250x250 and 250^3 FIB-25 volumes: (a) the reference schedule,
                one object, batch 1, fp32, timed over its first ``--seq-seconds``; (b) the
-               batched bf16 engine over the whole volume, for each ``--max-objects``;
-               (c) ``--workers`` processes, each the batched engine on one block of the
-               volume, sharing the GPU. FOV/s, TFLOP/s (50 GFLOP per FOV x forward
-               passes run), batch occupancy, peak GPU memory.
+               batched bf16 engine over the whole volume as a ``--grid`` of blocks
+               (with ``--context``) whose FOVs share forward passes
+               (``segment_canvases``). FOV/s, TFLOP/s (50 GFLOP per FOV x forward
+               passes run), mean batch, peak GPU memory.
 ``training``   training throughput (FOV/s, forward + backward) of the FIB-25 architecture
                in bf16 for a few batch sizes.
 ``finetune``   fine-tunes the published weights on x 0-125 of ``fib25_s2_train.h5`` for
@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import logging
-import multiprocessing as mp
 import os
 import platform
 import subprocess
@@ -50,16 +50,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ffnflow.ffn.batched import BatchedCanvas  # noqa: E402
+from ffnflow.ffn.batched import BatchedCanvas, segment_canvases  # noqa: E402
 from ffnflow.ffn.canvas import Canvas, InferenceOptions  # noqa: E402
 from ffnflow.ffn.model import ModelArch, load_checkpoint  # noqa: E402
 from ffnflow.ffn.predictor import FovPredictor  # noqa: E402
 from ffnflow.metrics import segmentation_metrics  # noqa: E402
 from ffnflow.seeds import sobel_peak_seeds  # noqa: E402
 
-SECTIONS = ("env", "parity", "throughput", "training", "finetune", "forward")
+SECTIONS = ("env", "training", "finetune", "forward", "throughput", "parity")
 CHECKPOINT = REPO / "models" / "ffn_fib25_google.pt"
 log = logging.getLogger("gpu_acceptance")
+T_START = time.perf_counter()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -230,11 +231,18 @@ def section_forward(args, device, results) -> None:
     arch = loaded.model.arch
     flops = arch.flops_per_fov
     out = []
-    configs = [("fp32", b, False) for b in args.forward_batches[:3]]
-    configs += [("bf16", b, False) for b in args.forward_batches]
-    configs += [("bf16", b, True) for b in args.forward_batches[-2:]]
-    for precision, batch, bench in configs:
-        pred = FovPredictor(loaded.model, str(device), precision, deterministic=not bench)
+    fmt = "auto"
+    configs = [
+        ("fp32", args.forward_batches[0], False, fmt),
+        ("tf32", args.forward_batches[1], True, fmt),
+    ]
+    configs += [("bf16", b, True, fmt) for b in args.forward_batches]
+    configs += [("bf16", args.forward_batches[-1], True, "contiguous")]
+    configs += [("bf16", args.forward_batches[-1], False, fmt)]
+    for precision, batch, bench, fmt in configs:
+        pred = FovPredictor(
+            loaded.model, str(device), precision, deterministic=not bench, memory_format=fmt
+        )
         x = torch.zeros((batch, 2, *arch.fov_size_zyx), device=device)
         x = x.contiguous(memory_format=pred._torch_format)
         with torch.inference_mode(), pred._cudnn_flags():
@@ -253,6 +261,7 @@ def section_forward(args, device, results) -> None:
             "precision": precision,
             "batch": batch,
             "cudnn_benchmark": bench,
+            "memory_format": pred.memory_format,
             "fov_per_s": round(reps * batch / wall, 1),
             "tflops": round(reps * batch * flops / wall / 1e12, 2),
             "ms_per_call": round(1000 * wall / reps, 3),
@@ -262,25 +271,16 @@ def section_forward(args, device, results) -> None:
     results["forward"] = out
 
 
-def _block_worker(task: tuple) -> dict[str, Any]:
-    """(c): the batched engine on one block, in its own process sharing the GPU."""
-    path, roi, device, max_objects, benchmark = task
-    torch.set_num_threads(1)
-    loaded = load_checkpoint(CHECKPOINT)
-    with h5py.File(path, "r") as f:
-        raw = f["raw"][tuple(slice(a, a + s) for a, s in zip(roi[0], roi[1]))]
-    image = normalise(raw, loaded)
-    seeds = seeds_of(image)
-    pred = predictor(loaded, torch.device(device), "bf16", max_objects, benchmark)
-    warm(pred, max_objects)
-    res = BatchedCanvas(image, pred, InferenceOptions(), max_objects=max_objects).segment_all(seeds)
-    c = res.counters
-    return {
-        "fov_evaluations": int(c["fov_evaluations"]),
-        "fov_evaluations_run": int(c["fov_evaluations_total"]),
-        "wall_s": float(c["wall_s"]),
-        "voxels_segmented": int(c["voxels_segmented"]),
-    }
+def block_slices(shape, grid, context: int) -> list[tuple[slice, slice, slice]]:
+    """Read ROIs of a ``grid`` of blocks over ``shape`` (z, y, x), ``context`` voxels wider."""
+    shape = np.asarray(shape)
+    out = []
+    for idx in itertools.product(*(range(g) for g in grid)):
+        lo = np.asarray(idx) * shape // grid
+        hi = (np.asarray(idx) + 1) * shape // grid
+        lo, hi = np.maximum(lo - context, 0), np.minimum(hi + context, shape)
+        out.append(tuple(slice(int(i), int(j)) for i, j in zip(lo, hi)))
+    return out
 
 
 def section_throughput(args, device, results) -> None:
@@ -291,21 +291,21 @@ def section_throughput(args, device, results) -> None:
         "fib25_s1_250x250x250": "fib25_s1_raw.h5",
     }
     for name, filename in volumes.items():
-        path = Path(args.data) / filename
-        with h5py.File(path, "r") as f:
+        if args.deadline_s and time.perf_counter() - T_START > args.deadline_s:
+            log.info("throughput: %s skipped (deadline)", name)
+            continue
+        with h5py.File(Path(args.data) / filename, "r") as f:
             raw = f["raw"][:]
         if args.quick:
             raw = raw[:48, :64, :64]
         image = normalise(raw, loaded)
-        t0 = time.perf_counter()
-        seeds = seeds_of(image)
-        entry: dict[str, Any] = {
-            "shape_zyx": list(raw.shape),
-            "seeds": len(seeds),
-            "seeding_s": round(time.perf_counter() - t0, 2),
-        }
+        entry: dict[str, Any] = {"shape_zyx": list(raw.shape)}
         results.setdefault("throughput", {})[name] = entry
 
+        # (a) the reference schedule over the whole volume's seeds, timed over its start.
+        t0 = time.perf_counter()
+        seeds = seeds_of(image)
+        entry["seeds"], entry["seeding_s"] = len(seeds), round(time.perf_counter() - t0, 2)
         pred = predictor(loaded, device, "fp32")
         warm(pred, 1)
         reset_peak(device)
@@ -314,63 +314,59 @@ def section_throughput(args, device, results) -> None:
         ) | {"peak_gpu_gib": peak_memory_gib(device)}
         log.info("%s (a) %s", name, entry["a_sequential_fp32"])
         del pred
+        write_results(args, results)
 
-        for mo in args.max_objects:
-            pred = predictor(loaded, device, "bf16", mo, benchmark=True)
-            warm(pred, mo)
-            reset_peak(device)
-            res = BatchedCanvas(image, pred, InferenceOptions(), max_objects=mo).segment_all(seeds)
-            stats = run_stats(res, flops, mo) | {"peak_gpu_gib": peak_memory_gib(device)}
-            stats["speedup_vs_a"] = round(
-                stats["fov_per_s"] / max(entry["a_sequential_fp32"]["fov_per_s"], 1e-9), 2
-            )
-            entry[f"b_batched_bf16_objects{mo}"] = stats
-            log.info("%s (b) objects %d: %s", name, mo, stats)
-            del pred, res
-            results["throughput"][name] = entry
-            write_results(args, results)
-
-        if args.workers > 1 and name == "fib25_s2_160x250x250":
-            # (c) the volume as blocks (split along y and x), one process per block.
-            shape = np.array(raw.shape)
-            tiles = [(0, 0), (0, 1), (1, 0), (1, 1)] if args.workers >= 4 else [(0, 0), (0, 1)]
-            zs = (
-                [(0, shape[0])]
-                if args.workers < 8
-                else [(0, shape[0] // 2), (shape[0] // 2, shape[0])]
-            )
-            tasks = []
-            for z0, z1 in zs:
-                for ty, tx in tiles:
-                    ny, nx = (2, 2) if len(tiles) == 4 else (1, 2)
-                    y0, y1 = ty * shape[1] // ny, (ty + 1) * shape[1] // ny
-                    x0, x1 = tx * shape[2] // nx, (tx + 1) * shape[2] // nx
-                    ctx = 16
-                    lo = np.maximum([z0 - ctx, y0 - ctx, x0 - ctx], 0)
-                    hi = np.minimum([z1 + ctx, y1 + ctx, x1 + ctx], shape)
-                    tasks.append((str(path), (tuple(map(int, lo)), tuple(map(int, hi - lo))),
-                                  str(device), args.worker_objects, True))  # fmt: skip
-            t0 = time.perf_counter()
-            ctx_mp = mp.get_context("spawn")
-            with ctx_mp.Pool(len(tasks)) as pool:
-                parts = pool.map(_block_worker, tasks)
-            wall = time.perf_counter() - t0
-            fovs = sum(p["fov_evaluations_run"] for p in parts)
-            slowest = max(p["wall_s"] for p in parts)
-            entry["c_blocks_processes"] = {
-                "workers": len(tasks),
-                "max_objects_each": args.worker_objects,
-                "fov_evaluations_run": fovs,
-                "wall_s_incl_startup": round(wall, 2),
-                "wall_s_slowest_worker": round(slowest, 2),
-                "fov_per_s": round(fovs / slowest, 2),
-                "tflops": round(fovs * flops / slowest / 1e12, 3),
-                "speedup_vs_a": round(
-                    fovs / slowest / max(entry["a_sequential_fp32"]["fov_per_s"], 1e-9), 2
-                ),
-                "parts": parts,
-            }
-            log.info("%s (c) %s", name, entry["c_blocks_processes"])
+        # (b) the batched bf16 engine: the volume's blocks (with context) filled together,
+        # their FOVs sharing forward passes (ffnflow.ffn.batched.segment_canvases).
+        blocks = block_slices(raw.shape, args.grid, args.context)
+        t0 = time.perf_counter()
+        block_seeds = [seeds_of(image[b]) for b in blocks]
+        seeding_s = time.perf_counter() - t0
+        pred = FovPredictor(
+            loaded.model, str(device), "bf16", deterministic=False, pow2_batches=True
+        )
+        warm(pred, args.max_batch)
+        reset_peak(device)
+        calls0 = pred.model_calls
+        canvases = [
+            BatchedCanvas(
+                image[b],
+                pred,
+                InferenceOptions(),
+                max_objects=args.block_objects,
+                lookahead=args.block_lookahead,
+            )  # fmt: skip
+            for b in blocks
+        ]
+        t0 = time.perf_counter()
+        res = segment_canvases(canvases, block_seeds, max_batch=args.max_batch)
+        wall = time.perf_counter() - t0
+        run = sum(int(r.counters["fov_evaluations_total"]) for r in res)
+        kept = sum(int(r.counters["fov_evaluations"]) for r in res)
+        calls = pred.model_calls - calls0
+        a_rate = max(entry["a_sequential_fp32"]["fov_per_s"], 1e-9)
+        stats = {
+            "grid": list(args.grid),
+            "blocks": len(blocks),
+            "context": args.context,
+            "objects_per_block": args.block_objects,
+            "lookahead_per_block": args.block_lookahead,
+            "block_seeding_s": round(seeding_s, 2),
+            "wall_s": round(wall, 2),
+            "fov_evaluations_run": run,
+            "fov_evaluations_kept": kept,
+            "fov_per_s": round(run / wall, 1),
+            "fov_per_s_kept": round(kept / wall, 1),
+            "tflops": round(run * flops / wall / 1e12, 2),
+            "model_calls": calls,
+            "mean_batch": round(run / max(calls, 1), 1),
+            "peak_gpu_gib": peak_memory_gib(device),
+            "speedup_vs_a": round(run / wall / a_rate, 2),
+            "speedup_vs_a_kept": round(kept / wall / a_rate, 2),
+        }
+        entry["b_batched_bf16_blocks"] = stats
+        log.info("%s (b) %s", name, stats)
+        del pred, canvases, res
         results["throughput"][name] = entry
         write_results(args, results)
 
@@ -526,7 +522,7 @@ def section_finetune(args, device, results) -> None:
     results["finetune"] = entry
     write_results(args, results)
     log.info("finetune %s", entry)
-    if not args.quick:
+    if args.finetune_eval and not args.quick:
         entry["gpu_eval_x125_250"] = {
             "published": evaluate_on_eval_half(args, device, CHECKPOINT),
             "finetuned": evaluate_on_eval_half(args, device, ckpt),
@@ -554,15 +550,19 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny crops and models (CPU test)")
     parser.add_argument("--parity-objects", type=int, default=16)
-    parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 64, 256, 1024])
     parser.add_argument("--forward-seconds", type=float, default=1.0)
     parser.add_argument("--seq-seconds", type=float, default=15.0)
-    parser.add_argument("--max-objects", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--worker-objects", type=int, default=64)
+    parser.add_argument("--max-objects", type=int, nargs="+", default=[64], help="parity, eval")
+    parser.add_argument("--finetune-eval", action="store_true", help="GPU evaluation after it")
+    parser.add_argument("--grid", type=int, nargs=3, default=[4, 4, 4], help="blocks of (b)")
+    parser.add_argument("--context", type=int, default=16, help="block context (voxels)")
+    parser.add_argument("--block-objects", type=int, default=16, help="objects per block")
+    parser.add_argument("--block-lookahead", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=512, help="FOVs per model call")
     parser.add_argument("--train-batches", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--train-seconds", type=float, default=8.0)
-    parser.add_argument("--finetune-minutes", type=float, default=2.0)
+    parser.add_argument("--finetune-minutes", type=float, default=1.5)
     parser.add_argument("--finetune-batch", type=int, default=32)
     parser.add_argument("--finetune-lr", type=float, default=5e-5)
     args = parser.parse_args()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ffnflow.errors import InputError
-from ffnflow.ffn.batched import BatchedCanvas, LocalPom
+from ffnflow.ffn.batched import BatchedCanvas, LocalPom, segment_canvases
 from ffnflow.ffn.canvas import COUNTER_NAMES, Canvas, InferenceOptions
 from ffnflow.ffn.model import ConvStack3D, ModelArch
 from ffnflow.ffn.predictor import FovPredictor
@@ -45,6 +45,18 @@ class DecayPredictor:
         centre = pom_logits[:, 4, 4, 4][:, None, None, None]
         grown = np.maximum(pom_logits, centre - self.decay)
         return np.where(image > 0, grown, -3.0).astype(np.float32)
+
+
+class CountingDecayPredictor(DecayPredictor):
+    """DecayPredictor, remembering the size of every batch it was given."""
+
+    def __init__(self, decay):
+        super().__init__(decay)
+        self.batches = []
+
+    def predict(self, image, pom_logits):
+        self.batches.append(len(image))
+        return super().predict(image, pom_logits)
 
 
 def crossing_tubes(shape=(40, 40, 40), radius=3):
@@ -110,9 +122,9 @@ def test_touching_objects_give_the_sequential_result(decay):
         seeds = [tuple(p) for p in np.concatenate([inside, anywhere])]
         seeds += seeds[:3]  # tried twice: the second time refused
         expected = Canvas(image, DecayPredictor(decay), OPTIONS).segment_all(seeds)
-        for max_objects in (2, 5, 16):
+        for max_objects, lookahead in ((2, None), (5, 5), (16, None), (4, 64)):
             got = BatchedCanvas(
-                image, DecayPredictor(decay), OPTIONS, max_objects=max_objects
+                image, DecayPredictor(decay), OPTIONS, max_objects=max_objects, lookahead=lookahead
             ).segment_all(seeds)
             assert_same_result(expected, got)
             for key in stats:
@@ -233,3 +245,40 @@ def test_local_pom_reads_like_a_full_volume_pom():
         pos = tuple(int(v) for v in rng.integers(0, 30, 3))
         np.testing.assert_array_equal(local.get(pos), full[pos])
     assert np.all(local.lo >= 0) and np.all(local.hi <= 30)
+
+
+def test_canvases_filled_together_give_each_ones_own_result():
+    """segment_canvases batches the FOVs of several canvases (blocks) into one call each
+    step; every canvas ends as it would alone."""
+    image, tubes = crossing_tubes()
+    rng = np.random.default_rng(5)
+    blocks = [
+        (slice(0, 28), slice(0, 40), slice(0, 40)),
+        (slice(12, 40), slice(0, 40), slice(0, 40)),
+    ]
+    seeds = []
+    for block in blocks:
+        inside = np.argwhere(tubes[block])
+        seeds.append([tuple(p) for p in inside[rng.choice(len(inside), 20)]])
+    alone = [
+        BatchedCanvas(image[b], DecayPredictor(0.1), OPTIONS, max_objects=3).segment_all(s)
+        for b, s in zip(blocks, seeds)
+    ]
+    predictor = CountingDecayPredictor(0.1)
+    canvases = [BatchedCanvas(image[b], predictor, OPTIONS, max_objects=3) for b in blocks]
+    together = segment_canvases(canvases, seeds)
+    for a, t in zip(alone, together):
+        assert_same_result(a, t)
+    assert max(predictor.batches) > 3  # FOVs of both canvases shared calls
+    assert len(predictor.batches) < sum(r.counters["forward_batches"] for r in alone)
+
+
+def test_pow2_batches_pad_calls_and_keep_outputs():
+    predictor = FovPredictor(tiny_model(), "cpu", "fp32", threads=1, pow2_batches=True)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(5, 9, 9, 9)).astype(np.float32)
+    pom = rng.normal(size=(5, 9, 9, 9)).astype(np.float32)
+    padded = predictor.predict(image, pom)
+    assert padded.shape == (5, 9, 9, 9)
+    single = np.concatenate([predictor.predict(image[i : i + 1], pom[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(padded, single, atol=1e-4)

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -92,6 +92,7 @@ BATCHED_COUNTER_NAMES = (
 )
 
 Slices = tuple[slice, slice, slice]
+FovBatch = tuple[list[np.ndarray], list[np.ndarray]]  # image, POM logits: (z, y, x) per FOV
 
 
 class LocalPom:
@@ -168,6 +169,7 @@ class _Fill:
     max_pos: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
     iterations: int = 0
     accepted: list[Zyx] = field(default_factory=list)  # positions read as unsegmented
+    claimed_by: _Fill | None = None  # an earlier fill whose POM covers this seed (it waits)
 
     def drop(self) -> None:
         """Forget the fill's state (POM, queue)."""
@@ -192,27 +194,38 @@ class BatchedCanvas(CanvasBase):
         movement_mask: np.ndarray | None = None,
         seed_mask: np.ndarray | None = None,
         max_objects: int = 8,
+        lookahead: int | None = None,
     ) -> None:
         if int(max_objects) < 1:
             raise InputError(f"ffn.max_objects: {max_objects} < 1")
+        lookahead = 4 * int(max_objects) if lookahead is None else int(lookahead)
+        if lookahead < int(max_objects):
+            raise InputError(f"ffn.lookahead: {lookahead} < max_objects {max_objects}")
         super().__init__(image, predictor, options, movement_mask, seed_mask)
         self.max_objects = int(max_objects)
+        self.lookahead = lookahead
         for name in BATCHED_COUNTER_NAMES:
             self.counters[name] = 0
         self.counters["max_objects"] = self.max_objects
+        self.counters["lookahead"] = self.lookahead
 
     # -- one object ------------------------------------------------------------------------
     def _start(self, fill: _Fill) -> None:
         """(Re)start the fill of ``fill`` at its seed with a fresh POM and movement queue."""
         fill.drop()
         fill.state = "running"
-        fill.pom = LocalPom(self.shape, fill.start, self.init_logit, self.fov_size)
+        # Slack of two movement steps: a box of (FOV + 4 deltas)^3 at the first write (a
+        # box of 3 FOVs per side costs more to allocate than the forward pass it follows).
+        fill.pom = LocalPom(
+            self.shape, fill.start, self.init_logit, 2 * np.asarray(self.predictor.deltas_zyx)
+        )
         fill.movement = FaceMaxMovement(self.predictor.deltas_zyx, self.move_logit)
         fill.movement.reset(fill.start)
         fill.positions = fill.movement.positions(partial(self._is_valid_move, fill))
         fill.min_pos = np.array(fill.start)
         fill.max_pos = np.array(fill.start)
         fill.iterations = 0
+        fill.claimed_by = None
 
     def _is_valid_move(self, fill: _Fill, pos: Zyx) -> bool:
         # Canvas._is_valid_move, on the object's own POM, recording segmentation reads of 0.
@@ -234,8 +247,8 @@ class BatchedCanvas(CanvasBase):
         return None
 
     # -- one step of all running objects ---------------------------------------------------
-    def _step(self, running: list[_Fill]) -> None:
-        """Advance every running object by one forward pass, all in one predictor call."""
+    def _gather(self, running: list[_Fill]) -> list[tuple[_Fill, Zyx, Slices, np.ndarray]]:
+        """The next FOV of every running object (objects whose fill ended become done)."""
         batch: list[tuple[_Fill, Zyx, Slices, np.ndarray]] = []
         for fill in running:
             pos = self._next_position(fill)
@@ -245,11 +258,17 @@ class BatchedCanvas(CanvasBase):
                 continue
             sel = self._fov_slices(pos)
             batch.append((fill, pos, sel, fill.pom.read(sel)))
-        if not batch:
-            return
-        images = np.stack([self.image[sel] for _, _, sel, _ in batch])
-        poms = np.stack([fov_input(old, self.pad_logit) for _, _, _, old in batch])
-        logits = self.predictor.predict(images, poms)
+        return batch
+
+    def _inputs(self, batch: list[tuple[_Fill, Zyx, Slices, np.ndarray]]) -> FovBatch:
+        """Model inputs of a gathered batch: normalised image and POM logits, one (z, y, x)
+        array per FOV."""
+        images = [self.image[sel] for _, _, sel, _ in batch]
+        poms = [fov_input(old, self.pad_logit) for _, _, _, old in batch]
+        return images, poms
+
+    def _apply(self, batch: list[tuple[_Fill, Zyx, Slices, np.ndarray]], logits) -> None:
+        """Merge the predicted logits of a gathered batch into the objects' POMs."""
         self.counters["fov_evaluations_total"] += len(batch)
         self.counters["forward_batches"] += 1
         for (fill, pos, sel, old), out in zip(batch, logits):
@@ -269,10 +288,14 @@ class BatchedCanvas(CanvasBase):
         else:
             fill.state = "doomed"
 
-    def _retire(self, fill: _Fill) -> None:
-        """Decide the head object against the committed state, as ``Canvas.try_seed``."""
+    def _retire(self, fill: _Fill) -> tuple[np.ndarray, np.ndarray] | None:
+        """Decide the head object against the committed state, as ``Canvas.try_seed``.
+
+        Returns the box (lo, hi; z, y, x) of the voxels it committed, or None.
+        """
         c = self.counters
         c["seeds_total"] += 1
+        box = None
         reason = self.seed_rejection(fill.start)
         if reason is not None:
             self._refuse_seed(fill.start, reason)
@@ -283,22 +306,58 @@ class BatchedCanvas(CanvasBase):
                 raise AssertionError(f"seed {fill.start}: retired in state {fill.state}")
             c["seeds_tried"] += 1
             c["fov_evaluations"] += fill.iterations
-            if fill.iterations > 0:
-                self._conclude(fill.start, fill.min_pos, fill.max_pos, fill.pom.read)
+            if fill.iterations > 0 and self._conclude(
+                fill.start, fill.min_pos, fill.max_pos, fill.pom.read
+            ):
+                half = self.fov_size // 2
+                box = (
+                    np.maximum(fill.min_pos - half, 0),
+                    np.minimum(fill.max_pos + half + 1, self.shape),
+                )
         fill.drop()
         fill.state = "retired"
+        return box
 
-    def _revalidate(self, window: Iterable[_Fill]) -> None:
-        """After a retirement: cancel or restart later objects whose reads are now stale."""
+    def _revalidate(
+        self, window: Iterable[_Fill], retired: _Fill, box: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
+        """After a retirement: cancel or restart later objects whose reads are now stale.
+
+        Only what the retirement changed is looked at: the retired seed (if refused, it
+        joined the rejected seeds) and, if it committed a segment, the box ``box`` of the
+        committed voxels (seeds within the minimum boundary distance of it; accepted
+        positions inside it).
+        """
         c = self.counters
+        deltas = np.asarray(self.predictor.deltas_zyx)
+        if box is not None:
+            mbd = np.asarray(self.options.min_boundary_dist_zyx)
+            seed_lo, seed_hi = box[0] - mbd, box[1] + mbd
         for fill in window:
             if fill.state == "doomed":
                 continue
-            if self.seed_rejection(fill.start) is not None:
+            if box is None:
+                if fill.start == retired.start and self.seed_rejection(fill.start) is not None:
+                    c["objects_cancelled"] += 1
+                    fill.drop()
+                    fill.state = "doomed"
+                continue
+            start = np.asarray(fill.start)
+            if (
+                np.all(start >= seed_lo) and np.all(start < seed_hi) or fill.start == retired.start
+            ) and self.seed_rejection(fill.start) is not None:
                 c["objects_cancelled"] += 1
                 fill.drop()
                 fill.state = "doomed"
-            elif fill.accepted and np.any(self.segmentation[tuple(np.array(fill.accepted).T)] > 0):
+                continue
+            if not fill.accepted:
+                continue
+            # Accepted positions lie within one movement step of the object's POM box.
+            if np.any(fill.pom.hi + deltas <= box[0]) or np.any(fill.pom.lo - deltas >= box[1]):
+                continue
+            accepted = np.array(fill.accepted)
+            inside = np.all((accepted >= box[0]) & (accepted < box[1]), axis=1)
+            if inside.any() and np.any(self.segmentation[tuple(accepted[inside].T)] > 0):
                 c["objects_restarted"] += 1
                 self._start(fill)
 
@@ -308,43 +367,69 @@ class BatchedCanvas(CanvasBase):
         A later object whose seed an earlier object in the window already predicts as its
         own (POM >= segment threshold) waits: it is likely to be cancelled when that one
         commits. Waiting only changes when work is done, never the result; the head of
-        the window never waits.
+        the window never waits. The object that claimed a seed is remembered and asked
+        first at the next step.
         """
-        runnable: list[_Fill] = []
-        earlier: list[_Fill] = []
-        for fill in window:
-            if fill.state == "doomed":
+        active = [f for f in window if f.state != "doomed"]
+        seg = self.segment_logit
+        order = {id(f): i for i, f in enumerate(active)}
+        unclaimed: list[int] = []
+        for i, fill in enumerate(active):
+            if fill.state != "running" or i == 0:
                 continue
-            if fill.state == "running" and not any(
-                e.pom.get(fill.start) >= self.segment_logit for e in earlier
-            ):
-                runnable.append(fill)
-            earlier.append(fill)
-        return runnable
+            by = fill.claimed_by
+            if by is not None and id(by) in order and by.pom is not None:
+                if by.pom.get(fill.start) >= seg:
+                    continue  # still claimed
+            fill.claimed_by = None
+            unclaimed.append(i)
+        if unclaimed:
+            starts = np.array([active[i].start for i in unclaimed], dtype=np.int64)  # (U, 3)
+            lo = np.array([f.pom.lo for f in active], dtype=np.int64)  # (A, 3)
+            hi = np.array([f.pom.hi for f in active], dtype=np.int64)
+            inside = np.all((lo[:, None] <= starts[None]) & (starts[None] < hi[:, None]), axis=2)
+            inside &= np.arange(len(active))[:, None] < np.array(unclaimed)[None]  # earlier
+            for e, u in zip(*np.nonzero(inside)):
+                fill = active[unclaimed[u]]
+                if fill.claimed_by is None and active[e].pom.get(fill.start) >= seg:
+                    fill.claimed_by = active[e]
+        return [
+            f
+            for i, f in enumerate(active)
+            if f.state == "running" and (i == 0 or f.claimed_by is None)
+        ]
+
+    def _claimed(self, fill: _Fill, active: list[_Fill], lo: np.ndarray, hi: np.ndarray) -> bool:
+        """Whether an object of ``active`` (POM boxes ``lo``, ``hi``) claims ``fill``'s seed."""
+        if not active:
+            return False
+        start = np.asarray(fill.start)
+        inside = np.flatnonzero(np.all((lo <= start) & (start < hi), axis=1))
+        return any(active[i].pom.get(fill.start) >= self.segment_logit for i in inside)
 
     def segment_all(self, seeds: Iterable[Zyx], progress: bool = False) -> SegmentationResult:
         """Flood-fill from every seed in order (z, y, x voxel positions in this canvas)."""
+        return segment_canvases([self], [seeds], progress=progress)[0]
+
+    def fill_steps(
+        self, seeds: Iterable[Zyx], progress: bool = False
+    ) -> Generator[FovBatch, np.ndarray, SegmentationResult]:
+        """:meth:`segment_all` as a generator: yields each batch of model inputs (image,
+        POM logits; a z, y, x array per FOV), is sent the predicted logits (N, z, y, x), and returns the
+        result. Lets one driver batch the FOVs of several canvases (:func:`segment_canvases`).
+        """
         seeds = [tuple(int(v) for v in s) for s in seeds]
         t0 = time.perf_counter()
         bar = tqdm(
             total=len(seeds), desc="seeds", unit="seed", disable=not progress, mininterval=2.0
         )
         window: deque[_Fill] = deque()
-        n_active = 0  # running or done objects in the window
         next_seed = 0
         while True:
-            while next_seed < len(seeds) and n_active < self.max_objects:
-                fill = _Fill(order=next_seed, start=seeds[next_seed])
-                self._admit(fill)
-                window.append(fill)
-                next_seed += 1
-                n_active += fill.state != "doomed"
-            if not window:
-                break
-            if window[0].state != "running":
-                self._retire(window.popleft())
-                self._revalidate(window)
-                n_active = sum(f.state != "doomed" for f in window)
+            if window and window[0].state != "running":
+                fill = window.popleft()
+                box = self._retire(fill)
+                self._revalidate(window, fill, box)
                 bar.update(1)
                 bar.set_postfix(
                     segments=int(self.counters["seeds_accepted"]),
@@ -352,9 +437,93 @@ class BatchedCanvas(CanvasBase):
                     refresh=False,
                 )
                 continue
-            self._step(self._runnable(window))
+            runnable = self._runnable(window)
+            # Admit seeds in order while the batch has room and the window is not full
+            # (``lookahead`` objects that are running or done).
+            active = [f for f in window if f.state != "doomed"]
+            if len(runnable) < self.max_objects and next_seed < len(seeds):
+                lo = np.array([f.pom.lo for f in active]).reshape(-1, 3)
+                hi = np.array([f.pom.hi for f in active]).reshape(-1, 3)
+                n_active = len(active)
+                while (
+                    len(runnable) < self.max_objects
+                    and next_seed < len(seeds)
+                    and n_active < self.lookahead
+                ):
+                    fill = _Fill(order=next_seed, start=seeds[next_seed])
+                    self._admit(fill)
+                    window.append(fill)
+                    next_seed += 1
+                    if fill.state == "doomed":
+                        continue
+                    n_active += 1
+                    if not self._claimed(fill, active, lo, hi):
+                        runnable.append(fill)
+            if not window:
+                break
+            if window[0].state != "running":
+                continue  # a doomed head: retire it first
+            batch = self._gather(runnable[: self.max_objects])
+            if batch:
+                logits = yield self._inputs(batch)
+                self._apply(batch, logits)
         bar.close()
         c = self.counters
         c["fov_evaluations_discarded"] = c["fov_evaluations_total"] - c["fov_evaluations"]
         c["wall_s"] = round(time.perf_counter() - t0, 3)
         return self._result()
+
+
+def segment_canvases(
+    canvases: Sequence[BatchedCanvas],
+    seeds: Sequence[Iterable[Zyx]],
+    progress: bool = False,
+    max_batch: int | None = None,
+) -> list[SegmentationResult]:
+    """Flood-fill several canvases (e.g. the blocks of a volume) together.
+
+    Every step, the pending FOVs of all canvases go through the first canvas's predictor
+    in one ``predict`` call (split into calls of at most ``max_batch`` FOVs), so that many
+    small canvases fill a GPU as one large one would. Each canvas's result is what its
+    own :meth:`BatchedCanvas.segment_all` gives (they share nothing but the predictor);
+    the canvases must share one predictor configuration.
+    """
+    if len(canvases) != len(seeds):
+        raise InputError(f"segment_canvases: {len(canvases)} canvases but {len(seeds)} seed lists")
+    if not canvases:
+        return []
+    predictor = canvases[0].predictor
+    steps = [
+        c.fill_steps(s, progress=progress and len(canvases) == 1) for c, s in zip(canvases, seeds)
+    ]
+    results: list[SegmentationResult | None] = [None] * len(canvases)
+    pending: dict[int, FovBatch] = {}
+    for i, gen in enumerate(steps):
+        try:
+            pending[i] = next(gen)
+        except StopIteration as stop:
+            results[i] = stop.value
+    while pending:
+        order = sorted(pending)
+        images = np.stack([a for i in order for a in pending[i][0]])
+        poms = np.stack([a for i in order for a in pending[i][1]])
+        if max_batch:
+            logits = np.concatenate(
+                [
+                    predictor.predict(images[k : k + max_batch], poms[k : k + max_batch])
+                    for k in range(0, len(images), max_batch)
+                ]
+            )
+        else:
+            logits = predictor.predict(images, poms)
+        offset = 0
+        sent: dict[int, FovBatch] = {}
+        for i in order:
+            n = len(pending[i][0])
+            try:
+                sent[i] = steps[i].send(logits[offset : offset + n])
+            except StopIteration as stop:
+                results[i] = stop.value
+            offset += n
+        pending = sent
+    return results  # type: ignore[return-value]

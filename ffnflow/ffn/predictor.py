@@ -106,6 +106,8 @@ class FovPredictor:
     (channels_last on CUDA, contiguous on the CPU). ``compile``: wrap the forward pass in
     ``torch.compile``.
     ``fixed_batch``: every model call holds exactly this many FOVs (None: as many as asked).
+    ``pow2_batches`` (without ``fixed_batch``): calls are padded to the next power of two
+    FOVs, so that few batch shapes occur (each new shape costs cuDNN a plan; CUDA).
     ``deterministic`` (CUDA): cuDNN picks its algorithms by fixed rules and only
     deterministic ones, so runs repeat bit for bit; False lets cuDNN time the candidates
     (``cudnn.benchmark``), which may be faster but can differ between runs. These and
@@ -123,6 +125,7 @@ class FovPredictor:
         compile: bool = False,
         fixed_batch: int | None = None,
         deterministic: bool = True,
+        pow2_batches: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"ffn.precision {precision!r}: choose one of {sorted(PRECISIONS)}")
@@ -135,6 +138,7 @@ class FovPredictor:
         self.device = resolve_device(device)
         self.precision = precision
         self.fixed_batch = int(fixed_batch) if fixed_batch is not None else None
+        self.pow2_batches = bool(pow2_batches) and self.fixed_batch is None
         if self.device.type == "cpu":
             torch.set_num_threads(int(threads) if threads else default_threads())
         if memory_format == "auto":
@@ -207,7 +211,13 @@ class FovPredictor:
             return np.zeros(image.shape, dtype=np.float32)
         with torch.inference_mode(), self._cudnn_flags():
             if self.fixed_batch is None:
-                out = self._run(image, pom_logits)
+                k = 1 << (n - 1).bit_length() if self.pow2_batches else n
+                if k > n:  # pad with copies of the first FOV; their outputs are dropped
+                    image = np.concatenate([image, np.repeat(image[:1], k - n, axis=0)])
+                    pom_logits = np.concatenate(
+                        [pom_logits, np.repeat(pom_logits[:1], k - n, axis=0)]
+                    )
+                out = self._run(image, pom_logits)[:n]
                 self.model_calls += 1
             else:
                 b = self.fixed_batch
