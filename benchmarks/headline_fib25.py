@@ -151,7 +151,7 @@ def main() -> None:
         f"final vs published: VI sum {final['vi_sum'] - pub['vi_sum']:+.3f} bits, "
         f"ARAND {final['arand'] - pub['arand']:+.3f}"
     )
-    ffn_c, agg_c = counters["ffn"], counters["agglomeration"]
+    ffn_c, agg_c = counters["ffn"].get("counters", counters["ffn"]), counters["agglomeration"]
     lines.append(
         "FFN pass: "
         + ", ".join(
