@@ -118,20 +118,21 @@ class LocalPom:
     def __init__(self, canvas_shape: Zyx, start: Zyx, value: float, slack: np.ndarray) -> None:
         self.canvas_shape = np.asarray(canvas_shape, dtype=np.int64)
         self.slack = np.asarray(slack, dtype=np.int64)
-        self.lo = np.asarray(start, dtype=np.int64)
-        self.hi = self.lo + 1
+        self._set_box(np.asarray(start, dtype=np.int64), np.asarray(start, dtype=np.int64) + 1)
         self.data = np.full((1, 1, 1), value, dtype=np.float32)
+
+    def _set_box(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.lo, self.hi = lo, hi
+        # Plain ints as well: get() runs for every candidate position.
+        self._z0, self._y0, self._x0 = (int(v) for v in lo)
+        self._z1, self._y1, self._x1 = (int(v) for v in hi)
 
     def get(self, pos: Zyx) -> np.float32:
         """The logit at one voxel (NaN if never written)."""
-        lo, hi = self._bounds
-        if all(a <= p < b for p, a, b in zip(pos, lo, hi)):
-            return self.data[tuple(int(p) - a for p, a in zip(pos, lo))]
+        z, y, x = pos
+        if self._z0 <= z < self._z1 and self._y0 <= y < self._y1 and self._x0 <= x < self._x1:
+            return self.data[z - self._z0, y - self._y0, x - self._x0]
         return np.float32(np.nan)
-
-    @property
-    def _bounds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        return tuple(int(v) for v in self.lo), tuple(int(v) for v in self.hi)
 
     def read(self, sel: Slices) -> np.ndarray:
         """A copy of the logits over ``sel`` (NaN where never written)."""
@@ -161,7 +162,8 @@ class LocalPom:
             new_hi = np.maximum(new_hi, hi)
             data = np.full(tuple(new_hi - new_lo), np.nan, dtype=np.float32)
             data[tuple(slice(i, j) for i, j in zip(self.lo - new_lo, self.hi - new_lo))] = self.data
-            self.lo, self.hi, self.data = new_lo, new_hi, data
+            self._set_box(new_lo, new_hi)
+            self.data = data
         self.data[tuple(slice(i, j) for i, j in zip(lo - self.lo, hi - self.lo))] = values
 
 
