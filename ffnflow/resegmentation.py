@@ -196,10 +196,14 @@ def score_pair(
     predictor,
     inference: InferenceOptions,
     options: ResegmentationOptions,
+    movement_mask: np.ndarray | None = None,
 ) -> PairScore:
     """Resegment one decision point; ``image`` normalised float32 and ``labels`` z, y, x.
 
     ``predictor`` is a :class:`~ffnflow.ffn.predictor.FovPredictor` (or alike).
+    ``movement_mask`` (bool, z, y, x; True = forbidden), as in the FFN stage: no FOV
+    centre goes there and its voxels belong to neither run (excluded voxels, a mirrored
+    volume border).
     """
     margin = np.asarray(predictor.fov_size_zyx) // 2
     center = point.point
@@ -213,6 +217,10 @@ def score_pair(
     # FOV centres stay inside the resegmentation box.
     outside = np.ones(lab.shape, dtype=bool)
     outside[_box(local_center, options.radius_zyx, lab.shape)] = False
+    forbidden = np.zeros(lab.shape, dtype=bool)
+    if movement_mask is not None:
+        forbidden = np.asarray(movement_mask[read], dtype=bool)
+        outside |= forbidden
     seedable = np.zeros(lab.shape, dtype=bool)  # inside the box, with a full FOV around
     seedable[tuple(slice(int(m), int(n - m)) for m, n in zip(margin, lab.shape))] = True
     seedable &= ~outside
@@ -233,7 +241,7 @@ def score_pair(
                 continue
             canvas.segment_at(seed)
             fovs += int(canvas.counters["fov_evaluations"])
-            region = (canvas.pom >= canvas.segment_logit) & ~others
+            region = (canvas.pom >= canvas.segment_logit) & ~others & ~forbidden
             recovery = float((region[analysis] & seg_in_box).sum()) / total
             if recovery > best_recovery:
                 best, best_recovery = region, recovery

@@ -152,3 +152,32 @@ def test_decision_points_prune_small_segments_and_small_contacts():
     assert decision_points(labels, ResegmentationOptions(min_contact_faces=10**6)) == []
     # without growing, the 1-voxel cut and the 2-voxel membrane keep everything apart
     assert decision_points(labels, ResegmentationOptions(max_gap_voxels=0)) == []
+
+
+def test_resegmentation_at_a_mirrored_volume_border_can_merge():
+    """A split 5 voxels from the volume face: no seed of A has a FOV of image there, unless
+    the border is mirrored as the FFN stage does (``ffn.volume_border: mirror``)."""
+    from ffnflow.stages.segment import pad_volume_border
+
+    image, labels = two_tubes()
+    labels[labels == 3] = 0
+    labels[(labels > 0) & (np.arange(48)[:, None, None] < 5)] = 1
+    labels[(labels > 0) & (np.arange(48)[:, None, None] >= 5)] = 2
+    labels[5] = 0  # the cut
+    options = ResegmentationOptions(
+        max_gap_voxels=2, min_contact_faces=10, min_segment_voxels=100,
+        radius_zyx=(10, 10, 10), analysis_radius_zyx=(8, 8, 8), seed_search_radius=8,
+        max_deleted=0.05,
+    )  # fmt: skip
+    (point,) = decision_points(labels, options)
+    inference = InferenceOptions(min_segment_size=10)
+    plain = score_pair(image, labels, point, ConnectedOracle(), inference, options)
+    assert not plain.merge and plain.consistency_a == 0  # A could not be traced
+
+    pad = [(10, 10), (0, 0), (0, 0)]  # the oracle's FOV radius along z
+    padded, mask = pad_volume_border(image, None, pad)
+    shifted = type(point)(point.a, point.b, point.z + 10, point.y, point.x, point.contact_faces)
+    mirrored = score_pair(
+        padded, np.pad(labels, pad), shifted, ConnectedOracle(), inference, options, mask
+    )
+    assert mirrored.merge and mirrored.iou > 0.9

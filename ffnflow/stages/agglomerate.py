@@ -42,7 +42,7 @@ from ffnflow.stages.common import (
     ffn_inputs,
     read_movement_mask,
 )
-from ffnflow.stages.segment import make_predictor
+from ffnflow.stages.segment import border_padding, make_predictor, pad_volume_border
 from ffnflow.volumes import Roi, open_volume, read_volume, write_volume
 
 log = logging.getLogger("ffnflow")
@@ -126,7 +126,8 @@ def run_score_pairs(
     inference = InferenceOptions(**config["ffn"]["inference"])
     labels_volume = open_volume(f"{cleaned_h5}:labels")
     shape = labels_volume.shape
-    reach = np.asarray(options.radius_zyx) + np.asarray(loaded.model.arch.fov_size_zyx) // 2
+    fov_size = loaded.model.arch.fov_size_zyx
+    reach = np.asarray(options.radius_zyx) + np.asarray(fov_size) // 2
     scores = []
     t0 = time.perf_counter()
     for point in points:
@@ -137,10 +138,18 @@ def run_score_pairs(
         labels = labels_volume.read(roi)
         if movement_mask is not None:
             labels = np.where(movement_mask, 0, labels)
-        local = replace(
-            point, z=point.z - int(lo[0]), y=point.y - int(lo[1]), x=point.x - int(lo[2])
+        # The volume border as the FFN stage saw it (ffn.volume_border).
+        pad = border_padding(roi, shape, fov_size, config["ffn"])
+        shift = np.zeros(3, dtype=np.int64)
+        if pad is not None:
+            image, movement_mask = pad_volume_border(image, movement_mask, pad)
+            labels = np.pad(labels, pad)
+            shift = np.array([before for before, _ in pad])
+        z, y, x = (int(v) for v in np.asarray(point.point) - lo + shift)
+        local = replace(point, z=z, y=y, x=x)
+        score = score_pair(
+            image, labels, local, predictor, inference, options, movement_mask=movement_mask
         )
-        score = score_pair(image, labels, local, predictor, inference, options)
         scores.append(replace(score, z=point.z, y=point.y, x=point.x))
         log.info(
             "pair %d/%d (%d, %d): IoU %.2f, consistency %.2f/%.2f, deleted %.2f, %d FOVs -> %s",

@@ -19,7 +19,7 @@ from ffnflow.ffn.model import ConvStack3D, load_checkpoint
 from ffnflow.ffn.predictor import FovPredictor, resolve_device
 from ffnflow.seeds import read_seeds_csv
 from ffnflow.stages.common import check_resolution, dataset_block, ffn_inputs, open_raw
-from ffnflow.volumes import write_volume
+from ffnflow.volumes import Roi, write_volume
 
 log = logging.getLogger("ffnflow")
 
@@ -51,18 +51,18 @@ def write_block_segmentation(
 
 
 def border_padding(
-    block: Block, volume_shape: tuple[int, int, int], fov_size_zyx, ffn_cfg: dict[str, Any]
+    roi: Roi, volume_shape: tuple[int, int, int], fov_size_zyx, ffn_cfg: dict[str, Any]
 ) -> list[tuple[int, int]] | None:
-    """Padding (before, after) per axis (z, y, x) of a block's image at the volume border.
+    """Padding (before, after) per axis (z, y, x) of the image of ``roi`` at the volume border.
 
     With ``ffn.volume_border: mirror`` the image is mirrored by the FOV radius where the
-    block's read ROI touches the volume border, so objects there can be seeded and traced;
-    ``skip`` (the reference) leaves seeds without a full FOV of image unused.
+    ROI (a block's read ROI, a resegmentation box) touches the volume border, so objects
+    there can be seeded and traced; ``skip`` (the reference) leaves seeds without a full
+    FOV of image unused.
     """
     if ffn_cfg.get("volume_border", "skip") != "mirror":
         return None
     radius = np.asarray(fov_size_zyx) // 2
-    roi = block.read_roi
     pad = [
         (int(r) if o == 0 else 0, int(r) if e == n else 0)
         for r, o, e, n in zip(radius, roi.offset, roi.end, volume_shape)
@@ -153,7 +153,9 @@ def run_segment(
         ffn_cfg["precision"],
     )
     image, movement_mask = ffn_inputs(config, dataset, block.read_roi, mask_h5)
-    pad = border_padding(block, open_raw(dataset).shape, loaded.model.arch.fov_size_zyx, ffn_cfg)
+    pad = border_padding(
+        block.read_roi, open_raw(dataset).shape, loaded.model.arch.fov_size_zyx, ffn_cfg
+    )
     if pad is not None:
         image, movement_mask = pad_volume_border(image, movement_mask, pad)
     if max_objects == 1:
