@@ -84,14 +84,17 @@ def make_predictor(
 ) -> tuple[FovPredictor, int]:
     """The FOV predictor and the number of concurrent objects for the ``ffn:`` config.
 
-    ``max_objects: auto`` is 1 on the CPU (the reference engine; batching does not pay
-    there) and 16 on CUDA. With several objects every model call holds exactly
-    ``max_objects`` FOVs, which keeps the result independent of how the batches fill.
+    ``max_objects: auto`` is 1, the reference engine: batching does not pay on the CPU,
+    and on an H200 one canvas averages only 3-8 FOVs per step, so calls padded to
+    ``max_objects`` ran at 44-75 FOV/s against 239-271 FOV/s one at a time
+    (``benchmarks/results/gpu_acceptance_h200_run1.json``). With several objects every
+    model call holds exactly ``max_objects`` FOVs, which keeps the result independent of
+    how the batches fill.
     """
     device = resolve_device(ffn_cfg["device"])
     max_objects = ffn_cfg["max_objects"]
     if max_objects == "auto":
-        max_objects = 16 if device.type == "cuda" else 1
+        max_objects = 1
     predictor = FovPredictor(
         model,
         str(device),
