@@ -282,3 +282,12 @@ def test_pow2_batches_pad_calls_and_keep_outputs():
     assert padded.shape == (5, 9, 9, 9)
     single = np.concatenate([predictor.predict(image[i : i + 1], pom[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(padded, single, atol=1e-4)
+
+
+def test_default_threads_do_not_inherit_an_earlier_predictors_setting():
+    from ffnflow.ffn.predictor import default_threads
+
+    before = default_threads()
+    FovPredictor(tiny_model(), "cpu", "fp32", threads=1)
+    assert torch.get_num_threads() == 1
+    assert default_threads() == before  # a later predictor without threads gets them all

@@ -56,13 +56,18 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise InputError(f"ffn.device {device!r}: {exc}") from exc
 
 
+# torch's own default, read before any predictor changes it (set_num_threads is global).
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def default_threads() -> int:
-    """CPU threads for torch: the cores this process may run on, at most torch's default."""
+    """CPU threads for torch: the cores this process may run on, at most torch's default
+    (as it was at import, not as an earlier predictor with ``threads`` left it)."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), usable))
+    return max(1, min(_TORCH_DEFAULT_THREADS, usable))
 
 
 class _MixedStack(nn.Module):
