@@ -70,6 +70,17 @@ def default_threads() -> int:
     return max(1, min(_TORCH_DEFAULT_THREADS, usable))
 
 
+def _padded(image: np.ndarray, pom_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch padded to ``k`` FOVs with copies of its first (their outputs are dropped)."""
+    n = image.shape[0]
+    if k <= n:
+        return image, pom_logits
+    return (
+        np.concatenate([image, np.repeat(image[:1], k - n, axis=0)]),
+        np.concatenate([pom_logits, np.repeat(pom_logits[:1], k - n, axis=0)]),
+    )
+
+
 class _MixedStack(nn.Module):
     """ConvStack3D's forward with low-precision convolutions where rounding is harmless.
 
@@ -217,23 +228,14 @@ class FovPredictor:
         with torch.inference_mode(), self._cudnn_flags():
             if self.fixed_batch is None:
                 k = 1 << (n - 1).bit_length() if self.pow2_batches else n
-                if k > n:  # pad with copies of the first FOV; their outputs are dropped
-                    image = np.concatenate([image, np.repeat(image[:1], k - n, axis=0)])
-                    pom_logits = np.concatenate(
-                        [pom_logits, np.repeat(pom_logits[:1], k - n, axis=0)]
-                    )
-                out = self._run(image, pom_logits)[:n]
+                out = self._run(*_padded(image, pom_logits, k))[:n]
                 self.model_calls += 1
             else:
                 b = self.fixed_batch
                 parts = []
                 for start in range(0, n, b):
                     img, pom = image[start : start + b], pom_logits[start : start + b]
-                    k = img.shape[0]
-                    if k < b:  # pad with copies of the first FOV; their outputs are dropped
-                        img = np.concatenate([img, np.repeat(img[:1], b - k, axis=0)])
-                        pom = np.concatenate([pom, np.repeat(pom[:1], b - k, axis=0)])
-                    parts.append(self._run(img, pom)[:k])
+                    parts.append(self._run(*_padded(img, pom, b))[: img.shape[0]])
                     self.model_calls += 1
                 out = np.concatenate(parts) if len(parts) != 1 else parts[0]
         self.fov_evaluations += n
