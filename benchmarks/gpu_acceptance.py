@@ -444,18 +444,16 @@ def section_training(args, device, results) -> None:
 
 
 def evaluate_on_eval_half(args, device, checkpoint: Path) -> dict[str, Any]:
-    """Quick GPU evaluation on x 125-250 (bf16 batched engine, PolicyPeaks seeds)."""
+    """Quick GPU evaluation on x 125-250: bf16, one object at a time (on one canvas,
+    batching does not pay: section ``throughput``), PolicyPeaks seeds."""
     loaded = load_checkpoint(checkpoint)
     with h5py.File(Path(args.data) / "fib25_s2_train.h5", "r") as f:
         raw, labels = f["raw"][:, :, 125:], f["labels"][:, :, 125:]
     if args.quick:
         raw, labels = raw[:48, :64, :64], labels[:48, :64, :64]
     image = normalise(raw, loaded)
-    mo = args.max_objects[0]
-    pred = predictor(loaded, device, "bf16", mo, benchmark=True)
-    res = BatchedCanvas(image, pred, InferenceOptions(), max_objects=mo).segment_all(
-        seeds_of(image)
-    )
+    pred = predictor(loaded, device, "bf16")
+    res = Canvas(image, pred, InferenceOptions()).segment_all(seeds_of(image))
     m = segmentation_metrics(labels, res.labels)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()} | {
         "fov_evaluations": int(res.counters["fov_evaluations"]),
@@ -553,7 +551,6 @@ def main() -> None:
     parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 64, 256, 1024])
     parser.add_argument("--forward-seconds", type=float, default=1.0)
     parser.add_argument("--seq-seconds", type=float, default=15.0)
-    parser.add_argument("--max-objects", type=int, nargs="+", default=[64], help="parity, eval")
     parser.add_argument("--finetune-eval", action="store_true", help="GPU evaluation after it")
     parser.add_argument("--grid", type=int, nargs=3, default=[4, 4, 4], help="blocks of (b)")
     parser.add_argument("--context", type=int, default=16, help="block context (voxels)")

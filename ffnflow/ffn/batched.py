@@ -355,9 +355,10 @@ class BatchedCanvas(CanvasBase):
                     fill.state = "doomed"
                 continue
             start = np.asarray(fill.start)
-            if (
-                np.all(start >= seed_lo) and np.all(start < seed_hi) or fill.start == retired.start
-            ) and self.seed_rejection(fill.start) is not None:
+            near = bool(np.all(start >= seed_lo) and np.all(start < seed_hi))
+            if (near or fill.start == retired.start) and self.seed_rejection(
+                fill.start
+            ) is not None:
                 c["objects_cancelled"] += 1
                 fill.drop()
                 fill.state = "doomed"
@@ -412,12 +413,16 @@ class BatchedCanvas(CanvasBase):
         ]
 
     def _claimed(self, fill: _Fill, active: list[_Fill], lo: np.ndarray, hi: np.ndarray) -> bool:
-        """Whether an object of ``active`` (POM boxes ``lo``, ``hi``) claims ``fill``'s seed."""
+        """Whether an object of ``active`` (POM boxes ``lo``, ``hi``) claims ``fill``'s seed;
+        the claimer is remembered for :meth:`_runnable`."""
         if not active:
             return False
         start = np.asarray(fill.start)
-        inside = np.flatnonzero(np.all((lo <= start) & (start < hi), axis=1))
-        return any(active[i].pom.get(fill.start) >= self.segment_logit for i in inside)
+        for i in np.flatnonzero(np.all((lo <= start) & (start < hi), axis=1)):
+            if active[i].pom.get(fill.start) >= self.segment_logit:
+                fill.claimed_by = active[i]
+                return True
+        return False
 
     def segment_all(self, seeds: Iterable[Zyx], progress: bool = False) -> SegmentationResult:
         """Flood-fill from every seed in order (z, y, x voxel positions in this canvas)."""
@@ -427,8 +432,9 @@ class BatchedCanvas(CanvasBase):
         self, seeds: Iterable[Zyx], progress: bool = False
     ) -> Generator[FovBatch, np.ndarray, SegmentationResult]:
         """:meth:`segment_all` as a generator: yields each batch of model inputs (image,
-        POM logits; a z, y, x array per FOV), is sent the predicted logits (N, z, y, x), and returns the
-        result. Lets one driver batch the FOVs of several canvases (:func:`segment_canvases`).
+        POM logits; a z, y, x array per FOV), is sent the predicted logits (N, z, y, x),
+        and returns the result. Lets one driver batch the FOVs of several canvases
+        (:func:`segment_canvases`).
         """
         seeds = [tuple(int(v) for v in s) for s in seeds]
         t0 = time.perf_counter()
