@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cc3d
 import edt
 import numpy as np
 from scipy import ndimage
@@ -58,8 +59,10 @@ def _distance_peaks(
     min_distance: int,
     noise_seed: int,
     min_value: float,
+    regions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Peaks (sorted z, y, x) of the distance to ``edges``, at least ``min_value``, not in ``mask``."""
+    """Peaks (sorted z, y, x) of the distance to ``edges``, at least ``min_value``, not in
+    ``mask``; with ``regions`` (int labels, 0 = none) the peaks of each region on its own."""
     res = np.asarray(resolution_nm, dtype=np.float64)
     if not edges.any():
         dist = np.ones(edges.shape, dtype=np.float32)
@@ -69,7 +72,11 @@ def _distance_peaks(
         ).astype(np.float32)
     noise = np.random.RandomState(noise_seed).random_sample(dist.shape) * 1e-4
     peaks = peak_local_max(
-        dist + noise, min_distance=min_distance, threshold_abs=min_value, threshold_rel=0
+        dist + noise,
+        min_distance=min_distance,
+        threshold_abs=min_value,
+        threshold_rel=0,
+        labels=regions,
     )
     if mask is not None and len(peaks):
         peaks = peaks[~mask[tuple(peaks.T)]]
@@ -84,16 +91,23 @@ def masknet_peak_seeds(
     min_distance: int = 3,
     threshold: float = 0.5,
     min_boundary_distance: float = 2.0,
+    max_local_boundary: float = 1.0,
+    local_radius: int = 1,
     noise_seed: int = 42,
 ) -> np.ndarray:
-    """Seeds at peaks of the distance to the mask net's boundaries.
+    """Seeds at peaks of the distance to the mask net's boundaries, in every cell region.
 
     ``boundary`` is the boundary probability (float 0..1, z, y, x); voxels at or above
     ``threshold`` are membrane. ``mask`` (True = excluded, e.g. the mask net's
-    ``exclude``) counts as membrane too and never holds a seed. Peaks are those of
-    :func:`sobel_peak_seeds` (anisotropic distances in units of the finest axis, fixed
-    tie-breaking noise, ``peak_local_max(min_distance)``), keeping only those at least
-    ``min_boundary_distance`` from membrane. Returns ``(N, 3)`` int64 z, y, x positions
+    ``exclude``) counts as membrane too and never holds a seed. The rest falls into
+    regions (6-connected, cc3d); each region gets the peaks of its own distance to
+    membrane (anisotropic, in units of the finest axis; ``peak_local_max(min_distance)``
+    within the region, ties broken by fixed noise), at least ``min_boundary_distance`` from
+    membrane and ``min_distance`` from the volume's faces: a region whose deepest part lies
+    at a face gets a peak where it is deepest inside that margin. A peak is kept only
+    where the mean boundary probability over the box of ``local_radius`` voxels (of the
+    finest axis) around it is at most ``max_local_boundary``: weak, gappy membranes
+    nearby mean the region may be two cells. Returns ``(N, 3)`` int64 z, y, x positions
     in ascending lexicographic order.
     """
     if boundary.ndim != 3:
@@ -103,9 +117,18 @@ def masknet_peak_seeds(
     edges = boundary >= threshold
     if mask is not None:
         edges |= mask
-    return _distance_peaks(
-        edges, mask, resolution_nm, min_distance, noise_seed, min_boundary_distance
+    regions = cc3d.connected_components(~edges, connectivity=6)
+    peaks = _distance_peaks(
+        edges, mask, resolution_nm, min_distance, noise_seed, min_boundary_distance, regions
     )
+    if max_local_boundary < 1.0 and len(peaks):
+        res = np.asarray(resolution_nm, dtype=np.float64)
+        size = tuple(2 * max(0, int(round(local_radius * res.min() / r))) + 1 for r in res)
+        local = ndimage.uniform_filter(
+            np.asarray(boundary, dtype=np.float32), size=size, mode="reflect"
+        )
+        peaks = peaks[local[tuple(peaks.T)] <= max_local_boundary]
+    return peaks
 
 
 def place_seeds(
@@ -117,11 +140,14 @@ def place_seeds(
     boundary: np.ndarray | None = None,
     boundary_threshold: float = 0.5,
     min_boundary_distance: float = 2.0,
+    max_local_boundary: float = 1.0,
+    local_radius: int = 1,
 ) -> np.ndarray:
     """Seeds (``(N, 3)`` z, y, x) by the named policy.
 
     ``sobel_peaks`` reads the normalised ``image``; ``masknet_peaks`` the mask net's
-    ``boundary`` probability (0..1) with ``boundary_threshold`` and ``min_boundary_distance``.
+    ``boundary`` probability (0..1) with ``boundary_threshold``, ``min_boundary_distance``,
+    ``max_local_boundary`` and ``local_radius`` (:func:`masknet_peak_seeds`).
     """
     if policy == "sobel_peaks":
         return sobel_peak_seeds(image, mask, resolution_nm, min_distance)
@@ -129,7 +155,14 @@ def place_seeds(
         if boundary is None:
             raise InputError("seeds.policy masknet_peaks: needs the mask net's boundary map")
         return masknet_peak_seeds(
-            boundary, mask, resolution_nm, min_distance, boundary_threshold, min_boundary_distance
+            boundary,
+            mask,
+            resolution_nm,
+            min_distance,
+            boundary_threshold,
+            min_boundary_distance,
+            max_local_boundary,
+            local_radius,
         )
     raise InputError(f"seeds.policy {policy!r}: choose one of {list(SEED_POLICIES)}")
 

@@ -257,6 +257,63 @@ def test_masknet_peaks_seed_each_ball_centre_and_never_in_exclude():
         place_seeds(None, "masknet_peaks")
 
 
+def voronoi_boundary(shape=(40, 40, 40), n=60, seed=0):
+    """Membrane (1.0) between the Voronoi cells of random points, else 0.0."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(0, shape, size=(n, 3))
+    grid = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1).reshape(-1, 3)
+    d, _ = cKDTree(points).query(grid, k=2)
+    return (d[:, 1] - d[:, 0] < 1.0).reshape(shape).astype(np.float32)
+
+
+def test_masknet_peaks_seed_every_cell_region():
+    """Every cell region deep enough gets a seed, also one whose deepest part lies at the
+    volume's faces (the reference's border exclusion drops those peaks)."""
+    import cc3d
+    import edt
+    from scipy import ndimage
+
+    from ffnflow.seeds import _distance_peaks
+
+    boundary = voronoi_boundary()
+    regions = cc3d.connected_components(boundary < 0.5, connectivity=6)
+    dist = edt.edt((boundary < 0.5).astype(np.uint8), black_border=False)
+    inner = np.zeros(boundary.shape, bool)
+    inner[3:-3, 3:-3, 3:-3] = True  # peaks keep min_distance from the faces
+    ids = np.unique(regions[regions > 0])
+    depth = ndimage.maximum(np.where(inner, dist, 0), regions, ids)
+    eligible = {int(i) for i, d in zip(ids, depth) if d >= 2.0}  # min_boundary_distance
+    assert len(eligible) >= 40
+    seeds = masknet_peak_seeds(boundary)
+    assert eligible <= set(regions[tuple(seeds.T)].tolist())
+    assert inner[tuple(seeds.T)].all()
+    # Peaks of the whole volume at once leave the regions at the faces unseeded.
+    plain = _distance_peaks(boundary >= 0.5, None, (1, 1, 1), 3, 42, 2.0)
+    assert len(eligible & set(regions[tuple(plain.T)].tolist())) < 0.8 * len(eligible)
+
+
+def test_masknet_peaks_avoid_weak_membranes():
+    """With max_local_boundary, seeds next to a faint membrane (below threshold) are dropped."""
+    boundary, centres = balls_boundary()
+    z, y, x = np.indices(boundary.shape)
+    # A faint membrane (0.3 < threshold 0.5) through the first ball's centre.
+    boundary[(np.abs(y - 12) <= 0) & (boundary < 0.5) & (z < 20) & (x < 20)] = 0.3
+    seeds = masknet_peak_seeds(boundary)
+    near_first = np.linalg.norm(seeds - np.array(centres[0]), axis=1) <= 7
+    assert any(abs(s[1] - 12) <= 1 for s in seeds[near_first])  # on the faint membrane
+    checked = masknet_peak_seeds(boundary, max_local_boundary=0.05, local_radius=1)
+    near_first_checked = np.linalg.norm(checked - np.array(centres[0]), axis=1) <= 7
+    kept = {tuple(s) for s in checked}
+    assert not any(
+        abs(s[1] - 12) <= 1 for s, near in zip(checked, near_first_checked) if near
+    )
+    # Far from any faint membrane nothing changes.
+    for c in centres[1:]:
+        assert any(np.linalg.norm(np.array(s) - np.array(c)) <= 1.0 for s in kept)
+
+
 def write_mask_h5(path, boundary, exclude):
     write_volume(f"{path}:boundary", quantize(boundary), (10, 10, 10))
     write_volume(f"{path}:exclude", quantize(exclude.astype(float)), (10, 10, 10))

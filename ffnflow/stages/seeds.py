@@ -58,6 +58,8 @@ def run_place_seeds(
         boundary=boundary,
         boundary_threshold=probability_level(mn["boundary_threshold"]) / 255.0 - 1e-6,
         min_boundary_distance=mn["seed_min_boundary_distance"],
+        max_local_boundary=mn["seed_max_local_boundary"],
+        local_radius=mn["seed_local_radius"],
     )
     seeds = local + np.asarray(block.read_roi.offset)
     inside = np.all((seeds >= block.write_roi.offset) & (seeds < block.write_roi.end), axis=1)
