@@ -306,9 +306,7 @@ def test_masknet_peaks_avoid_weak_membranes():
     checked = masknet_peak_seeds(boundary, max_local_boundary=0.05, local_radius=1)
     near_first_checked = np.linalg.norm(checked - np.array(centres[0]), axis=1) <= 7
     kept = {tuple(s) for s in checked}
-    assert not any(
-        abs(s[1] - 12) <= 1 for s, near in zip(checked, near_first_checked) if near
-    )
+    assert not any(abs(s[1] - 12) <= 1 for s, near in zip(checked, near_first_checked) if near)
     # Far from any faint membrane nothing changes.
     for c in centres[1:]:
         assert any(np.linalg.norm(np.array(s) - np.array(c)) <= 1.0 for s in kept)
