@@ -1,10 +1,12 @@
 """Choose the mask net thresholds on the training half (x 0-125) of fib25_s2_train.h5.
 
 The held-out half (x 125-250) is for measuring only (benchmarks/masknet_acceptance.py);
-thresholds are chosen here, on the data the model was trained on. Prints, for a grid of
-``masknet.boundary_threshold`` and ``masknet.seed_min_boundary_distance``, the boundary
-precision/recall and the two seed figures, and for a grid of ``masknet.exclude_threshold``
-the flagged fractions of injected defects and of clean voxels. Last line: one JSON object.
+thresholds are chosen here, on the data the model was trained on. Prints the boundary
+precision/recall for a grid of ``masknet.boundary_threshold``; the two seed figures for a
+grid of it with ``masknet.seed_min_boundary_distance``, ``seed_local_radius`` and
+``seed_max_local_boundary``; and for a grid of ``masknet.exclude_threshold`` the flagged
+fractions of injected defects and of clean voxels. It names the chosen settings (rules in
+the code). Last line: one JSON object.
 
 Usage: python benchmarks/masknet_tune.py [--model models/masknet_fib25.pt] [--threads 2]
 """
@@ -62,14 +64,38 @@ def main() -> None:
         level = int(np.ceil(t * 255))
         p, r = precision_recall(q[0] >= level, truth)
         result["boundary"].append({"threshold": t, "precision": p, "recall": r})
-        for d in (1.0, 2.0, 3.0):
-            seeds = masknet_peak_seeds(
-                q[0] / 255.0, q[1] >= 128, threshold=level / 255 - 1e-6, min_boundary_distance=d
-            )
-            result["seeds"].append(
-                {"threshold": t, "min_boundary_distance": d, **seed_quality(seeds, labels)}
-            )
-        print(json.dumps(result["boundary"][-1]), json.dumps(result["seeds"][-3:]), flush=True)
+        print(json.dumps(result["boundary"][-1]), flush=True)
+    excluded = q[1] >= 51  # masknet.exclude_threshold 0.2, as in the workflow
+    for t in (0.3, 0.4, 0.5):
+        level = int(np.ceil(t * 255))
+        for d in (1.0, 2.0):
+            for radius in (1, 2):
+                for local in (0.03, 0.05, 0.08, 0.12, 1.0):
+                    if radius == 2 and local == 1.0:
+                        continue
+                    seeds = masknet_peak_seeds(
+                        q[0] / 255.0,
+                        excluded,
+                        threshold=level / 255 - 1e-6,
+                        min_boundary_distance=d,
+                        max_local_boundary=local,
+                        local_radius=radius,
+                    )
+                    row = {
+                        "threshold": t,
+                        "min_boundary_distance": d,
+                        "local_radius": radius,
+                        "max_local_boundary": local,
+                        **seed_quality(seeds, labels),
+                    }
+                    result["seeds"].append(row)
+                    print(json.dumps(row), flush=True)
+    # The seed settings: the most seeds inside objects among those that seed >= 97 % of
+    # the objects (a margin over the 95 % bar).
+    covering = [r for r in result["seeds"] if r["fraction_objects_seeded"] >= 0.97]
+    if covering:
+        result["chosen_seeds"] = max(covering, key=lambda r: r["fraction_seeds_inside_3vox"])
+        print("chosen seeds:", json.dumps(result["chosen_seeds"]), flush=True)
     rng = np.random.default_rng(99)
     shape = (64, 96, 96)
     crops = []
@@ -102,6 +128,12 @@ def main() -> None:
         row["clean_volume"] = float((q[1] >= level).mean())
         result["exclusion"].append(row)
         print(json.dumps(row), flush=True)
+    # The exclude threshold: the lowest that flags <= 1.5 % of clean voxels (a margin
+    # under the 2 % bar), in the defect crops and in the whole clean half.
+    ok = [r for r in result["exclusion"] if max(r["clean_in_crops"], r["clean_volume"]) <= 0.015]
+    if ok:
+        result["chosen_exclusion"] = min(ok, key=lambda r: r["threshold"])
+        print("chosen exclusion:", json.dumps(result["chosen_exclusion"]), flush=True)
     print(json.dumps(result))
 
 

@@ -248,6 +248,12 @@ def masknet_prediction_params():
     return {key: config["masknet"][key] for key in ("checkpoint", "device")}
 
 
+def masknet_init_checkpoint():
+    """The checkpoint a mask net training run starts from, if masknet.training names one."""
+    init = config["masknet"]["training"]["init_checkpoint"]
+    return [init] if init else []
+
+
 def masknet_training_params():
     """Training options and the config entries of the training datasets."""
     training = config["masknet"]["training"]

@@ -46,6 +46,8 @@ rule gather_mask:
 
 
 rule train_masknet:
+    input:
+        init=masknet_init_checkpoint(),
     output:
         checkpoint=MASKNET_TRAINED,
         log_csv="results/masknet_training/training_log.csv",

@@ -15,7 +15,13 @@ from ffnflow.masknet.defects import DEFECT_KINDS, inject_defects
 from ffnflow.masknet.model import MaskNet, MaskNetArch, load_masknet, save_masknet
 from ffnflow.masknet.prediction import predict_roi, quantize, read_reflected, tiles
 from ffnflow.masknet.targets import boundary_target, label_interfaces
-from ffnflow.masknet.training import TrainingOptions, TrainingVolume, draw_sample, train_masknet
+from ffnflow.masknet.training import (
+    TrainingOptions,
+    TrainingVolume,
+    draw_sample,
+    step_sample,
+    train_masknet,
+)
 from ffnflow.seeds import masknet_peak_seeds, place_seeds
 from ffnflow.stages.common import ffn_inputs, fill_excluded, read_movement_mask
 from ffnflow.stages.mask import run_gather_mask, run_predict_mask, run_train_masknet
@@ -150,6 +156,60 @@ def test_training_loss_falls_and_resume_is_exact(tmp_path):
     train_masknet([volume], short, *b.values(), (10, 10, 10))
     wa, wb = load_masknet(a["m.pt"]).model.state_dict(), load_masknet(b["m.pt"]).model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_defect_kind_weights_choose_what_is_drawn():
+    raw, labels = cells()
+    volume = TrainingVolume("v", raw, labels, None, 128.0, 33.0)
+    kinds = ("blank_section", "dark_section", "knife_chatter")
+    plain = TrainingOptions(patch_zyx=(16, 16, 16), defect_probability=1.0, defect_kinds=kinds)
+    weighted = TrainingOptions(
+        patch_zyx=(16, 16, 16),
+        defect_probability=1.0,
+        defect_kinds=kinds,
+        defect_kind_weights={"dark_section": 0, "knife_chatter": 0},
+    )
+    assert weighted.kind_probabilities() == [1.0, 0.0, 0.0]
+    drawn = {
+        name: {
+            int(k)
+            for step in range(12)
+            for k in np.unique(step_sample([volume], options, step).kinds)
+            if k
+        }
+        for name, options in (("plain", plain), ("weighted", weighted))
+    }
+    index = {k: DEFECT_KINDS.index(k) + 1 for k in kinds}
+    assert drawn["weighted"] == {index["blank_section"]}
+    assert drawn["plain"] == set(index.values())
+    with pytest.raises(InputError, match="cracks"):
+        TrainingOptions(defect_kind_weights={"cracks": 1.0})
+    with pytest.raises(InputError, match="weighs 0"):
+        TrainingOptions(defect_kinds=("blank_section",), defect_kind_weights={"blank_section": 0})
+
+
+def test_training_starts_from_init_checkpoint(tmp_path):
+    torch.set_num_threads(1)
+    raw, labels = cells()
+    volume = TrainingVolume("v", raw, labels, None, 128.0, 33.0)
+    options = TrainingOptions(
+        steps=6,
+        patch_zyx=(16, 16, 16),
+        features=4,
+        levels=2,
+        defect_probability=0.0,
+        validate_every=0,
+    )
+    first = {k: tmp_path / f"first_{k}" for k in ("m.pt", "log.csv", "loss.png", "state.pt")}
+    rows = train_masknet([volume], options, *first.values(), (10, 10, 10))
+    tuned = TrainingOptions(**{**options.__dict__, "init_checkpoint": str(first["m.pt"])})
+    second = {k: tmp_path / f"second_{k}" for k in first}
+    again = train_masknet([volume], tuned, *second.values(), (10, 10, 10))
+    # The same samples (same seed): starting from trained weights, the first loss is lower.
+    assert again[0]["loss"] < rows[0]["loss"]
+    wrong = TrainingOptions(**{**tuned.__dict__, "features": 5})
+    with pytest.raises(InputError, match="init_checkpoint.*architecture"):
+        train_masknet([volume], wrong, *second.values(), (10, 10, 10))
 
 
 # -- prediction ----------------------------------------------------------------------------

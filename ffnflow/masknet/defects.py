@@ -192,10 +192,12 @@ def random_defects(
     max_defects: int = 2,
     kinds: Sequence[str] = DEFECT_KINDS,
     labels: np.ndarray | None = None,
+    kind_probabilities: Sequence[float] | None = None,
 ) -> Defected:
-    """With ``probability``, 1..``max_defects`` defects of random kinds; else none."""
+    """With ``probability``, 1..``max_defects`` defects of random kinds (uniform over
+    ``kinds``, or drawn with ``kind_probabilities``); else none."""
     chosen: list[str] = []
     if rng.random() < probability:
         count = int(rng.integers(1, max_defects + 1))
-        chosen = [str(k) for k in rng.choice(list(kinds), size=count)]
+        chosen = [str(k) for k in rng.choice(list(kinds), size=count, p=kind_probabilities)]
     return inject_defects(image, rng, chosen, labels)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ffnflow.atomic import atomic_output
 from ffnflow.errors import InputError
 from ffnflow.masknet.defects import DEFECT_KINDS, random_defects
-from ffnflow.masknet.model import BASE_CLASSES, MaskNet, MaskNetArch, save_masknet
+from ffnflow.masknet.model import BASE_CLASSES, MaskNet, MaskNetArch, load_masknet, save_masknet
 from ffnflow.masknet.targets import boundary_target, class_targets
 
 log = logging.getLogger("ffnflow")
@@ -63,15 +63,34 @@ class TrainingOptions:
     levels: int = 3
     pool_zyx: tuple[int, int, int] = (2, 2, 2)
     classes: tuple[str, ...] = field(default=BASE_CLASSES)
+    defect_kind_weights: tuple[tuple[str, float], ...] = ()
+    init_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("patch_zyx", "pool_zyx", "defect_kinds", "classes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        unknown = set(self.defect_kinds) - set(DEFECT_KINDS)
+        weights = self.defect_kind_weights
+        pairs = weights.items() if isinstance(weights, dict) else weights
+        object.__setattr__(
+            self, "defect_kind_weights", tuple(sorted((str(k), float(w)) for k, w in pairs))
+        )
+        unknown = (set(self.defect_kinds) | {k for k, _ in self.defect_kind_weights}) - set(
+            DEFECT_KINDS
+        )
         if unknown:
             raise InputError(
                 f"masknet.training.defect_kinds {sorted(unknown)}: choose from {list(DEFECT_KINDS)}"
             )
+        if sum(self.kind_probabilities()) <= 0:
+            raise InputError("masknet.training.defect_kind_weights: every drawn kind weighs 0")
+
+    def kind_probabilities(self) -> list[float]:
+        """Probability of each of ``defect_kinds`` when a defect is drawn (the weights of
+        ``defect_kind_weights``, 1 for kinds it does not name, normalised)."""
+        given = dict(self.defect_kind_weights)
+        weights = [given.get(kind, 1.0) for kind in self.defect_kinds]
+        total = sum(weights)
+        return [w / total for w in weights] if total > 0 else weights
 
     def arch(self) -> MaskNetArch:
         return MaskNetArch(self.features, self.levels, self.pool_zyx, self.classes)
@@ -144,7 +163,13 @@ def draw_sample(
             inner = (inner[0], inner[2], inner[1])
         raw = np.clip(raw * rng.uniform(0.85, 1.15) + rng.uniform(-15, 15), 0, 255)
     defected = random_defects(
-        raw, rng, options.defect_probability, options.max_defects, options.defect_kinds, labels
+        raw,
+        rng,
+        options.defect_probability,
+        options.max_defects,
+        options.defect_kinds,
+        labels,
+        options.kind_probabilities() if options.defect_kind_weights else None,
     )
     n_user = len(options.classes) - len(BASE_CLASSES)
     shape = raw.shape
@@ -253,6 +278,17 @@ def plot_loss_curve(
     plt.close(fig)
 
 
+def init_from_checkpoint(model: MaskNet, path: str | Path) -> None:
+    """Start from the weights of a mask net checkpoint of the same architecture."""
+    loaded = load_masknet(path)
+    if loaded.model.arch != model.arch:
+        raise InputError(
+            f"masknet.training.init_checkpoint {path}: architecture {loaded.model.arch} "
+            f"differs from the one configured ({model.arch})"
+        )
+    model.load_state_dict(loaded.model.state_dict())
+
+
 def train_masknet(
     volumes: Sequence[TrainingVolume],
     options: TrainingOptions,
@@ -261,7 +297,7 @@ def train_masknet(
     curve_png: str | Path,
     state_path: str | Path,
     resolution_nm: tuple[float, float, float],
-    sources: dict[str, Any] | None = None,
+    sources: Any = None,
     stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train (or resume from ``state_path``) and write the model, CSV log and loss curve.
@@ -273,9 +309,19 @@ def train_masknet(
     if not volumes:
         raise InputError("masknet.training.datasets: no training volumes configured")
     sources = sources or {}
+    if options.init_checkpoint:  # the run depends on the starting weights' content too
+        if not Path(options.init_checkpoint).is_file():
+            raise InputError(
+                f"masknet.training.init_checkpoint {options.init_checkpoint}: not found"
+            )
+        with open(options.init_checkpoint, "rb") as fh:
+            init_sha = hashlib.sha256(fh.read()).hexdigest()
+        sources = {"data": sources, "init_checkpoint_sha256": init_sha}
     key = fingerprint(options, sources)
     torch.manual_seed(options.seed)
     model = MaskNet(options.arch())
+    if options.init_checkpoint:
+        init_from_checkpoint(model, options.init_checkpoint)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
     rows: list[dict[str, Any]] = []
     step = 0
