@@ -4,8 +4,9 @@ The held-out half (x 125-250) is for measuring only (benchmarks/masknet_acceptan
 thresholds are chosen here, on the data the model was trained on. Prints the boundary
 precision/recall for a grid of ``masknet.boundary_threshold``; the two seed figures for a
 grid of it with ``masknet.seed_min_boundary_distance``, ``seed_local_radius`` and
-``seed_max_local_boundary``; and for a grid of ``masknet.exclude_threshold`` the flagged
-fractions of injected defects and of clean voxels. It names the chosen settings (rules in
+``seed_max_local_boundary``; and for a grid of ``masknet.exclude_threshold`` and
+``masknet.section_exclude_fraction`` the flagged fractions of injected defects and of clean
+voxels. It names the chosen settings (rules in
 the code). Last line: one JSON object.
 
 Usage: python benchmarks/masknet_tune.py [--model models/masknet_fib25.pt] [--threads 2]
@@ -24,7 +25,12 @@ import torch
 
 from ffnflow.masknet.defects import DEFECT_KINDS, inject_defects
 from ffnflow.masknet.model import load_masknet
-from ffnflow.masknet.prediction import predict_roi, quantize
+from ffnflow.masknet.prediction import (
+    predict_roi,
+    quantize,
+    whole_section_fractions,
+    whole_sections,
+)
 from ffnflow.masknet.targets import boundary_target
 from ffnflow.seeds import masknet_peak_seeds
 from ffnflow.volumes import Roi
@@ -111,28 +117,45 @@ def main() -> None:
                     predict(loaded, np.clip(np.rint(d.image), 0, 255).astype(np.uint8))[1],
                 )
             )
-    for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+
+    def flagged(p: np.ndarray, level: int, fraction: float) -> np.ndarray:
+        """Exclude map of a crop treated as a volume: threshold, then the section rule."""
+        out = p >= level
+        out[whole_sections(whole_section_fractions(p, level), fraction)] = True
+        return out
+
+    for t in (0.2, 0.3, 0.4, 0.5):
         level = int(np.ceil(t * 255))
-        row = {"threshold": t}
-        for kind in DEFECT_KINDS:
-            sel = [(e, p) for k, e, p in crops if k == kind]
-            row[kind] = sum(int(((p >= level) & e).sum()) for e, p in sel) / sum(
-                int(e.sum()) for e, _ in sel
+        for fraction in (0.2, 0.3, 0.5, 1.0):
+            flags = [(k, e, flagged(p, level, fraction)) for k, e, p in crops]
+            row = {"threshold": t, "section_exclude_fraction": fraction}
+            for kind in DEFECT_KINDS:
+                sel = [(e, f) for k, e, f in flags if k == kind]
+                row[kind] = sum(int((f & e).sum()) for e, f in sel) / sum(
+                    int(e.sum()) for e, _ in sel
+                )
+            row["all_defects"] = sum(int((f & e).sum()) for _, e, f in flags) / sum(
+                int(e.sum()) for _, e, _ in flags
             )
-        row["all_defects"] = sum(int(((p >= level) & e).sum()) for _, e, p in crops) / sum(
-            int(e.sum()) for _, e, _ in crops
-        )
-        row["clean_in_crops"] = sum(int(((p >= level) & ~e).sum()) for _, e, p in crops) / sum(
-            int((~e).sum()) for _, e, _ in crops
-        )
-        row["clean_volume"] = float((q[1] >= level).mean())
-        result["exclusion"].append(row)
-        print(json.dumps(row), flush=True)
-    # The exclude threshold: the lowest that flags <= 1.5 % of clean voxels (a margin
-    # under the 2 % bar), in the defect crops and in the whole clean half.
+            row["clean_in_crops"] = sum(int((f & ~e).sum()) for _, e, f in flags) / sum(
+                int((~e).sum()) for _, e, _ in flags
+            )
+            row["clean_volume"] = float(flagged(q[1], level, fraction).mean())
+            result["exclusion"].append(row)
+            print(json.dumps(row), flush=True)
+    # The exclude settings: the most defect voxels flagged among those that flag <= 1.5 %
+    # of clean voxels (a margin under the 2 % bar), in the defect crops and in the whole
+    # clean half; ties go to the higher threshold and fraction.
     ok = [r for r in result["exclusion"] if max(r["clean_in_crops"], r["clean_volume"]) <= 0.015]
     if ok:
-        result["chosen_exclusion"] = min(ok, key=lambda r: r["threshold"])
+        result["chosen_exclusion"] = max(
+            ok,
+            key=lambda r: (
+                round(r["all_defects"], 4),
+                r["threshold"],
+                r["section_exclude_fraction"],
+            ),
+        )
         print("chosen exclusion:", json.dumps(result["chosen_exclusion"]), flush=True)
     print(json.dumps(result))
 

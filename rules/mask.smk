@@ -40,6 +40,9 @@ rule gather_mask:
         mem_mb=4000,
     params:
         blocks=config["blocks"],
+        sections={
+            k: config["masknet"][k] for k in ("exclude_threshold", "section_exclude_fraction")
+        },
         code=stage_code("mask"),
     script:
         "../scripts/gather_mask.py"

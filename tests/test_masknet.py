@@ -287,6 +287,33 @@ def test_predicted_mask_h5_is_the_same_for_two_block_shapes(tmp_path):
         assert np.abs(results[0][k] - results[1][k]).max() <= 1
 
 
+def test_sections_mostly_excluded_are_excluded_whole(tmp_path):
+    from ffnflow.stages.mask import mark_whole_sections
+
+    exclude = np.zeros((8, 20, 20), np.uint8)
+    exclude[3, :12] = 200  # 60 % of section 3 flagged
+    exclude[5, :2] = 255  # 10 % of section 5
+    exclude[6, :12] = 40  # 60 % of section 6, but below exclude_threshold 0.2 (level 51)
+    results = {}
+    for fraction in (0.5, 1.0):
+        spec = f"{tmp_path}/m{fraction}.h5:exclude"
+        write_volume(spec, exclude, (10, 10, 10))
+        config = validate_config(
+            {
+                "datasets": {"d": {"raw": spec, "resolution_nm": [10, 10, 10]}},
+                "masknet": {"section_exclude_fraction": fraction},
+            }
+        )
+        results[fraction] = mark_whole_sections(config, spec, exclude.shape).tolist()
+        with h5py.File(spec.split(":")[0], "r") as f:
+            got = f["exclude"][...]
+        if fraction < 1.0:
+            assert (got[3] == 255).all()
+            got[3] = exclude[3]
+        assert np.array_equal(got, exclude)
+    assert results == {0.5: [3], 1.0: []}
+
+
 # -- use downstream: seeds and flood filling -----------------------------------------------
 
 

@@ -117,3 +117,18 @@ def predict_roi(
 def quantize(probability: np.ndarray) -> np.ndarray:
     """Probabilities 0..1 as uint8 0..255 (rounded)."""
     return np.rint(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def whole_section_fractions(exclude: np.ndarray, level: int) -> np.ndarray:
+    """Fraction of each section (z) of an exclude map (uint8, z, y, x) at or above ``level``."""
+    return (exclude >= level).mean(axis=(1, 2))
+
+
+def whole_sections(fractions: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Sections (z indices) to exclude whole: those of which at least ``min_fraction`` is
+    excluded already (``fractions`` per z). Lost, blank, dark, chattered and misaligned
+    sections are defects of the whole section, of which the mask net sees only the parts
+    with structure nearby; ``min_fraction`` >= 1 gives none."""
+    if min_fraction >= 1.0:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.asarray(fractions) >= min_fraction)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,20 @@ from ffnflow.atomic import atomic_output
 from ffnflow.config import DatasetConfig, dataset_config
 from ffnflow.errors import InputError
 from ffnflow.masknet.model import BASE_CLASSES, LoadedMaskNet, load_masknet
-from ffnflow.masknet.prediction import predict_roi, quantize
+from ffnflow.masknet.prediction import (
+    predict_roi,
+    quantize,
+    whole_section_fractions,
+    whole_sections,
+)
 from ffnflow.masknet.training import TrainingOptions, TrainingVolume, train_masknet
-from ffnflow.stages.common import block_grid, check_resolution, dataset_block, open_raw
+from ffnflow.stages.common import (
+    block_grid,
+    check_resolution,
+    dataset_block,
+    open_raw,
+    probability_level,
+)
 from ffnflow.volumes import Roi, create_volume, open_volume, write_region
 
 log = logging.getLogger("ffnflow")
@@ -119,7 +130,35 @@ def run_gather_mask(
                             f"+ {ds.shape}, not block {block.id} {block.write_roi}; was the grid changed?"
                         )
                     write_region(f"{tmp}:{name}", ds[...], block.write_roi.offset)
-    log.info("mask of %s (%s) -> %s", dataset_name, ", ".join(classes), mask_h5)
+        sections = mark_whole_sections(config, f"{tmp}:exclude", raw.shape)
+    log.info(
+        "mask of %s (%s) -> %s; sections excluded whole: %s",
+        dataset_name,
+        ", ".join(classes),
+        mask_h5,
+        sections.tolist(),
+    )
+
+
+def mark_whole_sections(
+    config: dict[str, Any], exclude_spec: str, shape: Sequence[int]
+) -> np.ndarray:
+    """Set whole sections of the ``exclude`` volume to 255 where the section rule
+    (``masknet.section_exclude_fraction`` at ``masknet.exclude_threshold``) says so;
+    returns their z indices. Reads one section at a time."""
+    mn = config["masknet"]
+    level = probability_level(mn["exclude_threshold"])
+    volume = open_volume(exclude_spec)
+    fractions = np.array(
+        [
+            float(whole_section_fractions(volume.read(Roi((z, 0, 0), (1, *shape[1:]))), level)[0])
+            for z in range(shape[0])
+        ]
+    )
+    sections = whole_sections(fractions, mn["section_exclude_fraction"])
+    for z in sections:
+        write_region(exclude_spec, np.full((1, *shape[1:]), 255, np.uint8), (int(z), 0, 0))
+    return sections
 
 
 def training_volumes(config: dict[str, Any]) -> tuple[list[TrainingVolume], dict[str, Any]]:
