@@ -71,37 +71,6 @@ def main() -> None:
         p, r = precision_recall(q[0] >= level, truth)
         result["boundary"].append({"threshold": t, "precision": p, "recall": r})
         print(json.dumps(result["boundary"][-1]), flush=True)
-    excluded = q[1] >= 51  # masknet.exclude_threshold 0.2, as in the workflow
-    for t in (0.3, 0.4, 0.5):
-        level = int(np.ceil(t * 255))
-        for d in (1.0, 2.0):
-            for radius in (1, 2):
-                for local in (0.03, 0.05, 0.08, 0.12, 1.0):
-                    if radius == 2 and local == 1.0:
-                        continue
-                    seeds = masknet_peak_seeds(
-                        q[0] / 255.0,
-                        excluded,
-                        threshold=level / 255 - 1e-6,
-                        min_boundary_distance=d,
-                        max_local_boundary=local,
-                        local_radius=radius,
-                    )
-                    row = {
-                        "threshold": t,
-                        "min_boundary_distance": d,
-                        "local_radius": radius,
-                        "max_local_boundary": local,
-                        **seed_quality(seeds, labels),
-                    }
-                    result["seeds"].append(row)
-                    print(json.dumps(row), flush=True)
-    # The seed settings: the most seeds inside objects among those that seed >= 97 % of
-    # the objects (a margin over the 95 % bar).
-    covering = [r for r in result["seeds"] if r["fraction_objects_seeded"] >= 0.97]
-    if covering:
-        result["chosen_seeds"] = max(covering, key=lambda r: r["fraction_seeds_inside_3vox"])
-        print("chosen seeds:", json.dumps(result["chosen_seeds"]), flush=True)
     rng = np.random.default_rng(99)
     shape = (64, 96, 96)
     crops = []
@@ -157,6 +126,41 @@ def main() -> None:
             ),
         )
         print("chosen exclusion:", json.dumps(result["chosen_exclusion"]), flush=True)
+    # Seeds avoid what the chosen exclusion settings exclude, as in the workflow.
+    chosen = result.get("chosen_exclusion", {"threshold": 0.5, "section_exclude_fraction": 1.0})
+    excluded = flagged(
+        q[1], int(np.ceil(chosen["threshold"] * 255)), chosen["section_exclude_fraction"]
+    )
+    for t in (0.3, 0.4, 0.5):
+        level = int(np.ceil(t * 255))
+        for d in (1.0, 2.0):
+            for radius in (1, 2):
+                for local in (0.03, 0.05, 0.08, 0.12, 1.0):
+                    if radius == 2 and local == 1.0:
+                        continue
+                    seeds = masknet_peak_seeds(
+                        q[0] / 255.0,
+                        excluded,
+                        threshold=level / 255 - 1e-6,
+                        min_boundary_distance=d,
+                        max_local_boundary=local,
+                        local_radius=radius,
+                    )
+                    row = {
+                        "threshold": t,
+                        "min_boundary_distance": d,
+                        "local_radius": radius,
+                        "max_local_boundary": local,
+                        **seed_quality(seeds, labels),
+                    }
+                    result["seeds"].append(row)
+                    print(json.dumps(row), flush=True)
+    # The seed settings: the most seeds inside objects among those that seed >= 97 % of
+    # the objects (a margin over the 95 % bar).
+    covering = [r for r in result["seeds"] if r["fraction_objects_seeded"] >= 0.97]
+    if covering:
+        result["chosen_seeds"] = max(covering, key=lambda r: r["fraction_seeds_inside_3vox"])
+        print("chosen seeds:", json.dumps(result["chosen_seeds"]), flush=True)
     print(json.dumps(result))
 
 

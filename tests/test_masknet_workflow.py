@@ -84,9 +84,15 @@ def test_mask_h5_and_seeds_from_the_workflow(tmp_path, tiny_em):
     for block in ("z0_y0_x0", "z1_y0_x0"):
         assert (results / "blocks" / block / "benchmarks" / "predict_mask.tsv").is_file()
         assert (results / "blocks" / block / "logs" / "predict_mask.log").is_file()
-    # A threshold change redoes the seeds, not the prediction.
+    # A threshold change redoes the seeds and the section rule of mask.h5, not the prediction.
     change = tmp_path / "threshold.yaml"
     change.write_text(json.dumps({"masknet": {"exclude_threshold": 0.7}}))
+    assert planned_jobs(work, [config, change], "results/mydata/seeds.csv") == {
+        "gather_mask",
+        "place_seeds",
+        "gather_seeds",
+    }
+    change.write_text(json.dumps({"masknet": {"seed_max_local_boundary": 0.2}}))
     assert planned_jobs(work, [config, change], "results/mydata/seeds.csv") == {
         "place_seeds",
         "gather_seeds",
@@ -113,7 +119,7 @@ def test_segmentation_leaves_excluded_voxels_unlabelled(tmp_path, tiny_em):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = work / "results" / "mydata"
     with h5py.File(results / "mask.h5", "r") as f:
-        excluded = f["exclude"][...] >= 51  # masknet.exclude_threshold 0.2
+        excluded = f["exclude"][...] >= 128  # masknet.exclude_threshold 0.5
     with h5py.File(results / "segmentation.h5", "r") as f:
         labels = f["labels"][...]
     assert excluded[24].mean() > 0.9
