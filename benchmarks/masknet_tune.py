@@ -3,13 +3,14 @@
 The held-out half (x 125-250) is for measuring only (benchmarks/masknet_acceptance.py);
 thresholds are chosen here, on the data the model was trained on. Prints the boundary
 precision/recall for a grid of ``masknet.boundary_threshold``; the two seed figures for a
-grid of it with ``masknet.seed_min_boundary_distance``, ``seed_local_radius`` and
-``seed_max_local_boundary``; and for a grid of ``masknet.exclude_threshold`` and
+grid of it with ``masknet.seed_min_distance`` and ``seed_max_local_boundary``
+(``seed_min_boundary_distance`` 1, ``seed_local_radius`` 1); and for a grid of ``masknet.exclude_threshold`` and
 ``masknet.section_exclude_fraction`` the flagged fractions of injected defects and of clean
-voxels. It names the chosen settings (rules in
-the code). Last line: one JSON object.
+voxels. It names the chosen settings (rules in the code) and writes every figure to
+``--json``.
 
 Usage: python benchmarks/masknet_tune.py [--model models/masknet_fib25.pt] [--threads 2]
+       [--json masknet_tune.json]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(REPO / "models" / "masknet_fib25.pt"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default="masknet_tune.json", help="all figures, as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_masknet(args.model)
@@ -133,35 +135,35 @@ def main() -> None:
     )
     for t in (0.3, 0.4, 0.5):
         level = int(np.ceil(t * 255))
-        for d in (1.0, 2.0):
-            for radius in (1, 2):
-                for local in (0.03, 0.05, 0.08, 0.12, 1.0):
-                    if radius == 2 and local == 1.0:
-                        continue
-                    seeds = masknet_peak_seeds(
-                        q[0] / 255.0,
-                        excluded,
-                        threshold=level / 255 - 1e-6,
-                        min_boundary_distance=d,
-                        max_local_boundary=local,
-                        local_radius=radius,
-                    )
-                    row = {
-                        "threshold": t,
-                        "min_boundary_distance": d,
-                        "local_radius": radius,
-                        "max_local_boundary": local,
-                        **seed_quality(seeds, labels),
-                    }
-                    result["seeds"].append(row)
-                    print(json.dumps(row), flush=True)
+        for min_distance in (1, 2, 3):
+            for local in (0.03, 0.04, 0.05, 0.08, 1.0):
+                seeds = masknet_peak_seeds(
+                    q[0] / 255.0,
+                    excluded,
+                    min_distance=min_distance,
+                    threshold=level / 255 - 1e-6,
+                    min_boundary_distance=1.0,
+                    max_local_boundary=local,
+                    local_radius=1,
+                )
+                row = {
+                    "threshold": t,
+                    "min_distance": min_distance,
+                    "min_boundary_distance": 1.0,
+                    "local_radius": 1,
+                    "max_local_boundary": local,
+                    **seed_quality(seeds, labels),
+                }
+                result["seeds"].append(row)
+                print(json.dumps(row), flush=True)
     # The seed settings: the most seeds inside objects among those that seed >= 97 % of
     # the objects (a margin over the 95 % bar).
     covering = [r for r in result["seeds"] if r["fraction_objects_seeded"] >= 0.97]
     if covering:
         result["chosen_seeds"] = max(covering, key=lambda r: r["fraction_seeds_inside_3vox"])
         print("chosen seeds:", json.dumps(result["chosen_seeds"]), flush=True)
-    print(json.dumps(result))
+    with open(args.json, "w") as fh:
+        json.dump(result, fh)
 
 
 if __name__ == "__main__":

@@ -236,6 +236,7 @@ def masknet_use_params():
         "boundary_threshold",
         "exclude_threshold",
         "seed_min_boundary_distance",
+        "seed_min_distance",
         "seed_max_local_boundary",
         "seed_local_radius",
         "fill_excluded_sections",

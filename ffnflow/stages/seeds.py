@@ -54,7 +54,11 @@ def run_place_seeds(
         policy=policy,
         mask=mask,
         resolution_nm=dataset.resolution_nm,
-        min_distance=config["seeds"]["min_distance"],
+        min_distance=(
+            mn["seed_min_distance"]
+            if policy == "masknet_peaks"
+            else config["seeds"]["min_distance"]
+        ),
         boundary=boundary,
         boundary_threshold=probability_level(mn["boundary_threshold"]) / 255.0 - 1e-6,
         min_boundary_distance=mn["seed_min_boundary_distance"],
