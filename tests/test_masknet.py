@@ -120,20 +120,18 @@ def test_training_sample_targets_follow_the_augmented_image():
 # -- training ------------------------------------------------------------------------------
 
 
-def test_training_loss_falls_and_resume_is_exact(tmp_path):
-    torch.set_num_threads(1)
+def tiny_training(**options):
+    """A training volume of Voronoi cells and options for a tiny, fast model."""
     raw, labels = cells()
     volume = TrainingVolume("v", raw, labels, None, 128.0, 33.0)
-    options = TrainingOptions(
-        steps=40,
-        patch_zyx=(16, 16, 16),
-        features=4,
-        levels=2,
-        learning_rate=0.01,
-        defect_probability=0.0,
-        checkpoint_every=5,
-        validate_every=20,
-        validation_patches=1,
+    base = {"patch_zyx": (16, 16, 16), "features": 4, "levels": 2, "defect_probability": 0.0}
+    return volume, TrainingOptions(**{**base, **options})
+
+
+def test_training_loss_falls_and_resume_is_exact(tmp_path):
+    torch.set_num_threads(1)
+    volume, options = tiny_training(
+        steps=40, learning_rate=0.01, checkpoint_every=5, validate_every=20, validation_patches=1
     )
     out = {k: tmp_path / k for k in ("m.pt", "log.csv", "loss.png", "state.pt")}
     rows = train_masknet([volume], options, *out.values(), (10, 10, 10))
@@ -190,16 +188,7 @@ def test_defect_kind_weights_choose_what_is_drawn():
 
 def test_training_starts_from_init_checkpoint(tmp_path):
     torch.set_num_threads(1)
-    raw, labels = cells()
-    volume = TrainingVolume("v", raw, labels, None, 128.0, 33.0)
-    options = TrainingOptions(
-        steps=6,
-        patch_zyx=(16, 16, 16),
-        features=4,
-        levels=2,
-        defect_probability=0.0,
-        validate_every=0,
-    )
+    volume, options = tiny_training(steps=6, validate_every=0)
     first = {k: tmp_path / f"first_{k}" for k in ("m.pt", "log.csv", "loss.png", "state.pt")}
     rows = train_masknet([volume], options, *first.values(), (10, 10, 10))
     tuned = TrainingOptions(**{**options.__dict__, "init_checkpoint": str(first["m.pt"])})
