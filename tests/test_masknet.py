@@ -530,6 +530,32 @@ def test_objects_are_carried_across_a_filled_excluded_section():
     assert (fill_excluded(image, np.ones(tube.shape, bool), 3) == 0).all()
 
 
+def test_objects_cross_an_excluded_section_their_lattice_would_land_on():
+    """Seeded at z 11 with deltas 3, the FOV lattice hits the excluded section z 20: the
+    move goes on to the first free section beyond it (z 21), in both engines."""
+    from ffnflow.ffn.batched import BatchedCanvas
+
+    image, tube = tube_image()
+    excluded = np.zeros(tube.shape, bool)
+    excluded[20] = True
+    filled = fill_excluded(image, excluded, max_gap=3)
+    inside = tube & ~excluded
+    inside[:1] = inside[34:] = False  # the end depends on where the last FOVs sit in y, x
+    options = InferenceOptions(min_segment_size=10)
+    predictor = OraclePredictor()
+    canvas = RecordingCanvas(filled, predictor, options, movement_mask=excluded)
+    result = canvas.segment_all([(11, 20, 20)])
+    assert (result.labels[inside] == 1).all() and not result.labels[20].any()
+    centres_z = {c[0] for c in predictor.centres}
+    assert 20 not in centres_z and 21 in centres_z and max(centres_z) > 30
+    batched = BatchedCanvas(filled, OraclePredictor(), options, excluded, max_objects=4)
+    assert np.array_equal(batched.segment_all([(11, 20, 20)]).labels, result.labels)
+    # Without the mask the reference's lattice is kept: z 20 is a centre.
+    plain = RecordingCanvas(filled, OraclePredictor(), options)
+    plain.segment_all([(11, 20, 20)])
+    assert 20 in {c[0] for c in plain.predictor.centres}
+
+
 def test_checkpoint_rejects_other_files(tmp_path):
     bad = tmp_path / "bad.pt"
     torch.save({"arch": {"depth": 3}, "state_dict": {}, "normalization": {}}, bad)

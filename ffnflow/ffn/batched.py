@@ -231,7 +231,9 @@ class BatchedCanvas(CanvasBase):
         fill.pom = LocalPom(
             self.shape, fill.start, self.init_logit, 2 * np.asarray(self.predictor.deltas_zyx)
         )
-        fill.movement = FaceMaxMovement(self.predictor.deltas_zyx, self.move_logit)
+        fill.movement = FaceMaxMovement(
+            self.predictor.deltas_zyx, self.move_logit, self._blocked_for_movement()
+        )
         fill.movement.reset(fill.start)
         fill.positions = fill.movement.positions(partial(self._is_valid_move, fill))
         fill.min_pos = np.array(fill.start)

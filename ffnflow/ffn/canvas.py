@@ -145,6 +145,19 @@ class CanvasBase:
         self.counters: dict[str, float] = {name: 0 for name in COUNTER_NAMES}
 
     # -- positions -------------------------------------------------------------------------
+    def _blocked_for_movement(self) -> Callable[[Zyx], bool] | None:
+        """Where no FOV may be centred (``movement_mask``, and outside the canvas), for
+        :class:`FaceMaxMovement`; None without a movement mask."""
+        mask = self.movement_mask
+        if mask is None:
+            return None
+        shape = mask.shape
+
+        def blocked(pos: Zyx) -> bool:
+            return not all(0 <= p < n for p, n in zip(pos, shape)) or bool(mask[pos])
+
+        return blocked
+
     def has_context(self, pos: Zyx) -> bool:
         """Whether a full FOV fits around ``pos``."""
         # Plain ints: this runs for every candidate position.
@@ -258,7 +271,9 @@ class Canvas(CanvasBase):
         seed_mask: np.ndarray | None = None,
     ) -> None:
         super().__init__(image, predictor, options, movement_mask, seed_mask)
-        self.movement = FaceMaxMovement(predictor.deltas_zyx, self.move_logit)
+        self.movement = FaceMaxMovement(
+            predictor.deltas_zyx, self.move_logit, self._blocked_for_movement()
+        )
         # POM of the object being filled, logits; NaN = not predicted yet.
         self.pom = np.full(self.shape, np.nan, dtype=np.float32)
         self._pom_dirty: tuple[np.ndarray, np.ndarray] | None = None

@@ -5,6 +5,12 @@ half-size ``deltas`` around the FOV centre is a move candidate when it reaches t
 threshold. Candidates join a FIFO queue (within one update ordered by descending score);
 positions are snapped to a lattice of cell size ``deltas`` centred on the seed and each
 lattice cell is visited at most once. All coordinates are z, y, x voxels.
+
+Beyond the reference: with ``blocked`` (positions where no FOV may be centred, e.g. an
+excluded lost section), a move whose target is blocked goes on along its face's axis to
+the first free position less than one more delta away, so an object crosses an excluded
+slab thinner than ``deltas`` whatever its lattice (the FOVs still overlap). Without
+``blocked`` the policy is the reference's.
 """
 
 from __future__ import annotations
@@ -46,8 +52,14 @@ def face_max_moves(
 class FaceMaxMovement:
     """The movement queue of one object being flood-filled."""
 
-    def __init__(self, deltas_zyx: tuple[int, int, int], threshold_logit: float) -> None:
+    def __init__(
+        self,
+        deltas_zyx: tuple[int, int, int],
+        threshold_logit: float,
+        blocked: Callable[[tuple[int, int, int]], bool] | None = None,
+    ) -> None:
         self.deltas = np.asarray(deltas_zyx, dtype=np.int64)
+        self.blocked = blocked
         self.threshold_logit = float(threshold_logit)
         self.queue: deque[tuple[float, tuple[int, int, int]]] = deque()
         self.visited: set[tuple[int, int, int]] = set()
@@ -85,4 +97,21 @@ class FaceMaxMovement:
         """Record a forward pass at ``pos_zyx`` and queue moves from its face maxima."""
         self.visited.add(self.lattice_cell(pos_zyx))
         for score, rel in face_max_moves(pom_logits, tuple(self.deltas), self.threshold_logit):
-            self.queue.append((score, tuple(int(r + p) for r, p in zip(rel, pos_zyx))))
+            target = tuple(int(r + p) for r, p in zip(rel, pos_zyx))
+            if self.blocked is not None and self.blocked(target):
+                target = self._past_blocked(target, rel)
+            self.queue.append((score, target))
+
+    def _past_blocked(
+        self, target: tuple[int, int, int], rel: tuple[int, int, int]
+    ) -> tuple[int, int, int]:
+        """The first free position beyond a blocked ``target`` along its face's axis, less
+        than one delta further; ``target`` itself if there is none."""
+        axis = next(a for a, (r, d) in enumerate(zip(rel, self._deltas)) if d and abs(r) == d)
+        step = 1 if rel[axis] > 0 else -1
+        for k in range(1, self._deltas[axis]):
+            moved = list(target)
+            moved[axis] += step * k
+            if not self.blocked(tuple(moved)):
+                return tuple(moved)
+        return target
