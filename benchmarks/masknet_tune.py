@@ -29,7 +29,6 @@ from ffnflow.masknet.model import load_masknet
 from ffnflow.masknet.prediction import (
     predict_roi,
     quantize,
-    whole_section_fractions,
     whole_sections,
 )
 from ffnflow.masknet.targets import boundary_target
@@ -92,7 +91,7 @@ def main() -> None:
     def flagged(p: np.ndarray, level: int, fraction: float) -> np.ndarray:
         """Exclude map of a crop treated as a volume: threshold, then the section rule."""
         out = p >= level
-        out[whole_sections(whole_section_fractions(p, level), fraction)] = True
+        out[whole_sections(out.mean(axis=(1, 2)), fraction)] = True
         return out
 
     for t in (0.2, 0.3, 0.4, 0.5):

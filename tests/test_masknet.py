@@ -277,30 +277,42 @@ def test_predicted_mask_h5_is_the_same_for_two_block_shapes(tmp_path):
 
 
 def test_sections_mostly_excluded_are_excluded_whole(tmp_path):
-    from ffnflow.stages.mask import mark_whole_sections
-
+    """gather_mask counts each section's excluded voxels over the blocks (two along z
+    here) and excludes a section whole when at least section_exclude_fraction of it is."""
     exclude = np.zeros((8, 20, 20), np.uint8)
-    exclude[3, :12] = 200  # 60 % of section 3 flagged
-    exclude[5, :2] = 255  # 10 % of section 5
+    exclude[5, :12] = 200  # 60 % of section 5 flagged (block z1)
+    exclude[2, :2] = 255  # 10 % of section 2 (block z0)
     exclude[6, :12] = 40  # 60 % of section 6, but below exclude_threshold 0.2 (level 51)
+    _, entry = write_dataset(tmp_path, np.full(exclude.shape, 128, np.uint8))
     results = {}
     for fraction in (0.5, 1.0):
-        spec = f"{tmp_path}/m{fraction}.h5:exclude"
-        write_volume(spec, exclude, (10, 10, 10))
         config = validate_config(
             {
-                "datasets": {"d": {"raw": spec, "resolution_nm": [10, 10, 10]}},
-                "masknet": {"section_exclude_fraction": fraction},
+                "datasets": {"d": entry},
+                "blocks": {"shape_zyx": [4, 20, 20], "context_zyx": [0, 0, 0]},
+                "masknet": {"exclude_threshold": 0.2, "section_exclude_fraction": fraction},
             }
         )
-        results[fraction] = mark_whole_sections(config, spec, exclude.shape).tolist()
-        with h5py.File(spec.split(":")[0], "r") as f:
+        files = {}
+        for z0, block_id in ((0, "z0_y0_x0"), (4, "z1_y0_x0")):
+            files[block_id] = tmp_path / f"{fraction}_{block_id}.h5"
+            with h5py.File(files[block_id], "w") as f:
+                f.attrs["classes"] = ["boundary", "exclude"]
+                f.attrs["checkpoint"] = "test"
+                for name, data in (
+                    ("boundary", np.zeros((4, 20, 20), np.uint8)),
+                    ("exclude", exclude[z0 : z0 + 4]),
+                ):
+                    f.create_dataset(name, data=data).attrs["write_offset_zyx"] = [z0, 0, 0]
+        out = tmp_path / f"mask_{fraction}.h5"
+        run_gather_mask(config, "d", files, out)
+        with h5py.File(out, "r") as f:
             got = f["exclude"][...]
+        results[fraction] = [int(z) for z in range(8) if (got[z] == 255).all()]
         if fraction < 1.0:
-            assert (got[3] == 255).all()
-            got[3] = exclude[3]
+            got[5] = exclude[5]
         assert np.array_equal(got, exclude)
-    assert results == {0.5: [3], 1.0: []}
+    assert results == {0.5: [5], 1.0: []}
 
 
 # -- use downstream: seeds and flood filling -----------------------------------------------

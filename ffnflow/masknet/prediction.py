@@ -119,11 +119,6 @@ def quantize(probability: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def whole_section_fractions(exclude: np.ndarray, level: int) -> np.ndarray:
-    """Fraction of each section (z) of an exclude map (uint8, z, y, x) at or above ``level``."""
-    return (exclude >= level).mean(axis=(1, 2))
-
-
 def whole_sections(fractions: np.ndarray, min_fraction: float) -> np.ndarray:
     """Sections (z indices) to exclude whole: those of which at least ``min_fraction`` is
     excluded already (``fractions`` per z). Lost, blank, dark, chattered and misaligned

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,7 @@ from ffnflow.atomic import atomic_output
 from ffnflow.config import DatasetConfig, dataset_config
 from ffnflow.errors import InputError
 from ffnflow.masknet.model import BASE_CLASSES, LoadedMaskNet, load_masknet
-from ffnflow.masknet.prediction import (
-    predict_roi,
-    quantize,
-    whole_section_fractions,
-    whole_sections,
-)
+from ffnflow.masknet.prediction import predict_roi, quantize, whole_sections
 from ffnflow.masknet.training import TrainingOptions, TrainingVolume, train_masknet
 from ffnflow.stages.common import (
     block_grid,
@@ -114,6 +109,9 @@ def run_gather_mask(
                 chunk_zyx=[min(64, s) for s in grid.block_shape],
                 attrs={"probability_scale": 255, "checkpoint": checkpoint},
             )
+        # Flagged voxels per section, counted as the blocks are written (section rule).
+        level = probability_level(config["masknet"]["exclude_threshold"])
+        flagged = np.zeros(raw.shape[0], np.int64)
         for block in grid:
             path = block_files[block.id]
             with h5py.File(path, "r") as f:
@@ -129,8 +127,15 @@ def run_gather_mask(
                             f"mask block file {path}: covers {list(ds.attrs['write_offset_zyx'])} "
                             f"+ {ds.shape}, not block {block.id} {block.write_roi}; was the grid changed?"
                         )
-                    write_region(f"{tmp}:{name}", ds[...], block.write_roi.offset)
-        sections = mark_whole_sections(config, f"{tmp}:exclude", raw.shape)
+                    data = ds[...]
+                    write_region(f"{tmp}:{name}", data, block.write_roi.offset)
+                    if name == "exclude":
+                        z0 = block.write_roi.offset[0]
+                        flagged[z0 : z0 + data.shape[0]] += np.count_nonzero(
+                            data >= level, axis=(1, 2)
+                        )
+        fractions = flagged / float(raw.shape[1] * raw.shape[2])
+        sections = mark_whole_sections(config, f"{tmp}:exclude", fractions)
     log.info(
         "mask of %s (%s) -> %s; sections excluded whole: %s",
         dataset_name,
@@ -141,23 +146,16 @@ def run_gather_mask(
 
 
 def mark_whole_sections(
-    config: dict[str, Any], exclude_spec: str, shape: Sequence[int]
+    config: dict[str, Any], exclude_spec: str, fractions: np.ndarray
 ) -> np.ndarray:
-    """Set whole sections of the ``exclude`` volume to 255 where the section rule
-    (``masknet.section_exclude_fraction`` at ``masknet.exclude_threshold``) says so;
-    returns their z indices. Reads one section at a time."""
-    mn = config["masknet"]
-    level = probability_level(mn["exclude_threshold"])
-    volume = open_volume(exclude_spec)
-    fractions = np.array(
-        [
-            float(whole_section_fractions(volume.read(Roi((z, 0, 0), (1, *shape[1:]))), level)[0])
-            for z in range(shape[0])
-        ]
-    )
-    sections = whole_sections(fractions, mn["section_exclude_fraction"])
-    for z in sections:
-        write_region(exclude_spec, np.full((1, *shape[1:]), 255, np.uint8), (int(z), 0, 0))
+    """Set whole sections of the ``exclude`` volume (z, y, x) to 255 where the section rule
+    (``masknet.section_exclude_fraction``) says so, given each section's fraction at or
+    above ``masknet.exclude_threshold``; returns their z indices."""
+    sections = whole_sections(fractions, config["masknet"]["section_exclude_fraction"])
+    if len(sections):
+        shape = open_volume(exclude_spec).shape
+        for z in sections:
+            write_region(exclude_spec, np.full((1, *shape[1:]), 255, np.uint8), (int(z), 0, 0))
     return sections
 
 
