@@ -1,0 +1,97 @@
+"""Canvases filled in worker processes give each canvas its own segment_all result."""
+
+import numpy as np
+import pytest
+
+from ffnflow.errors import InputError
+from ffnflow.ffn.batched import BatchedCanvas
+from ffnflow.ffn.predictor import FovPredictor
+from ffnflow.ffn.workers import segment_canvases_in_workers
+from tests.test_batched import (
+    OPTIONS,
+    CountingDecayPredictor,
+    DecayPredictor,
+    assert_same_result,
+    crossing_tubes,
+    tiny_model,
+)
+
+BLOCKS = [
+    (slice(0, 28), slice(0, 40), slice(0, 40)),
+    (slice(12, 40), slice(0, 40), slice(0, 40)),
+    (slice(0, 40), slice(0, 24), slice(0, 40)),
+]
+
+
+def block_seeds(tubes, n=15, seed=5):
+    rng = np.random.default_rng(seed)
+    out = []
+    for block in BLOCKS:
+        inside = np.argwhere(tubes[block])
+        out.append([tuple(p) for p in inside[rng.choice(len(inside), n)]])
+    return out
+
+
+@pytest.mark.parametrize("workers, max_batch", [(2, None), (3, 4)])
+def test_workers_give_each_canvas_its_own_result(workers, max_batch):
+    image, tubes = crossing_tubes()
+    seeds = block_seeds(tubes)
+    alone = [
+        BatchedCanvas(image[b], DecayPredictor(0.1), OPTIONS, max_objects=3).segment_all(s)
+        for b, s in zip(BLOCKS, seeds)
+    ]
+    predictor = CountingDecayPredictor(0.1)
+    canvases = [BatchedCanvas(image[b], predictor, OPTIONS, max_objects=3) for b in BLOCKS]
+    got = segment_canvases_in_workers(canvases, seeds, predictor, workers, max_batch)
+    for a, g in zip(alone, got):
+        assert_same_result(a, g)
+    assert sum(predictor.batches) == sum(r.counters["fov_evaluations_total"] for r in got)
+    if max_batch:
+        assert max(predictor.batches) <= max_batch
+    else:
+        assert max(predictor.batches) > 3  # FOVs of several canvases shared calls
+
+
+def test_workers_with_a_model_predictor_match_in_process_fills():
+    """FovPredictor.predict_into (straight to the device and back) gives what each
+    canvas gets alone with a one-FOV-per-call predictor."""
+    image, tubes = crossing_tubes()
+    seeds = block_seeds(tubes, n=6, seed=2)
+    model = tiny_model()
+    alone = [
+        BatchedCanvas(
+            image[b], FovPredictor(model, "cpu", fixed_batch=1, threads=1), OPTIONS, max_objects=2
+        ).segment_all(s)
+        for b, s in zip(BLOCKS, seeds)
+    ]
+    predictor = FovPredictor(model, "cpu", threads=1)
+    canvases = [BatchedCanvas(image[b], predictor, OPTIONS, max_objects=2) for b in BLOCKS]
+    got = segment_canvases_in_workers(canvases, seeds, predictor, 2)
+    for a, g in zip(alone, got):
+        assert np.array_equal(a.labels, g.labels)
+        assert a.counters["fov_evaluations"] == g.counters["fov_evaluations"]
+    assert predictor.fov_evaluations == sum(r.counters["fov_evaluations_total"] for r in got)
+
+
+class FailingCanvas(BatchedCanvas):
+    def _apply(self, batch, logits):
+        raise ValueError("boom in a worker")
+
+
+def test_a_failing_worker_raises_with_its_traceback():
+    image, tubes = crossing_tubes()
+    seeds = block_seeds(tubes, n=4)
+    predictor = DecayPredictor(0.1)
+    canvases = [BatchedCanvas(image[BLOCKS[0]], predictor, OPTIONS, max_objects=2)]
+    canvases.append(FailingCanvas(image[BLOCKS[1]], predictor, OPTIONS, max_objects=2))
+    with pytest.raises(RuntimeError, match="boom in a worker"):
+        segment_canvases_in_workers(canvases, seeds[:2], predictor, 2)
+
+
+def test_bad_worker_arguments_are_refused():
+    image, tubes = crossing_tubes()
+    canvases = [BatchedCanvas(image, DecayPredictor(0.1), OPTIONS)]
+    with pytest.raises(InputError, match="workers"):
+        segment_canvases_in_workers(canvases, [[(20, 20, 20)]], DecayPredictor(0.1), 0)
+    with pytest.raises(InputError, match="seed lists"):
+        segment_canvases_in_workers(canvases, [], DecayPredictor(0.1), 1)

@@ -1,0 +1,67 @@
+"""The z-split formulation of the FFN's 3x3x3 convolutions computes the same function."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ffnflow.errors import InputError
+from ffnflow.ffn.model import ConvStack3D, ModelArch
+from ffnflow.ffn.predictor import FovPredictor, batch_bucket
+from ffnflow.ffn.zsplit import ZSplitStack, zsplit_conv, zsplit_weight
+
+
+def test_zsplit_conv_equals_conv3d_on_random_data():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 7, 6, 9, generator=gen)  # N, C, z, y, x; sides differ on purpose
+    w = torch.randn(4, 5, 3, 3, 3, generator=gen)
+    b = torch.randn(4, generator=gen)
+    ref = F.conv3d(x, w, b, padding=1)
+    got = zsplit_conv(x.permute(0, 2, 3, 4, 1).contiguous(), zsplit_weight(w), b)
+    torch.testing.assert_close(got.permute(0, 4, 1, 2, 3), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_zsplit_weight_refuses_other_kernels():
+    with pytest.raises(ValueError, match="3x3x3"):
+        zsplit_weight(torch.zeros(4, 4, 1, 1, 1))
+
+
+def test_zsplit_stack_equals_the_model_in_float32():
+    torch.manual_seed(0)
+    model = ConvStack3D(ModelArch(depth=3, features=6, fov_size_zyx=(9, 11, 13))).eval()
+    image = torch.randn(3, 1, 9, 11, 13)
+    pom = torch.rand(3, 1, 9, 11, 13) * 6 - 3
+    with torch.no_grad():
+        ref = model(image, pom)
+        got = ZSplitStack(model, torch.float32)(image, pom)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_predictor_with_zsplit_predicts_as_conv3d():
+    torch.manual_seed(1)
+    model = ConvStack3D(ModelArch(depth=2, features=4, fov_size_zyx=(9, 9, 9))).eval()
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 9, 9, 9)).astype(np.float32)
+    pom = rng.normal(size=(4, 9, 9, 9)).astype(np.float32)
+    ref = FovPredictor(model, "cpu", "fp32", threads=1, conv="conv3d")
+    fast = FovPredictor(model, "cpu", "fp32", threads=1, conv="zsplit", pow2_batches=True)
+    assert fast.conv == "zsplit" and not fast.compiled
+    assert FovPredictor(model, "cpu", "bf16", threads=1).conv == "conv3d"  # auto on the CPU
+    np.testing.assert_allclose(fast.predict(image, pom), ref.predict(image, pom), atol=1e-4)
+    # predict_into: the same logits written in place, padded to a bucket of 6 for 5 FOVs
+    x = np.stack([image, pom], axis=1)
+    outs = [np.full((3, 9, 9, 9), np.nan, np.float32), np.full((2, 9, 9, 9), np.nan, np.float32)]
+    fast.predict_into([(x[:3], outs[0]), (np.concatenate([x[3:], x[:1]]), outs[1])])
+    np.testing.assert_allclose(
+        np.concatenate(outs), ref.predict(np.concatenate([image, image[:1]]),
+                                          np.concatenate([pom, pom[:1]])), atol=1e-4
+    )  # fmt: skip
+    with pytest.raises(InputError, match="ffn.conv"):
+        FovPredictor(model, "cpu", conv="winograd")
+
+
+def test_batch_buckets_are_powers_of_two_and_one_and_a_half_times_them():
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 6, 7, 9, 74, 96, 97, 129)] == [
+        1, 2, 3, 4, 6, 6, 8, 12, 96, 96, 128, 192,
+    ]  # fmt: skip
+    assert all(n <= batch_bucket(n) <= 1.5 * n + 1 for n in range(1, 600))
