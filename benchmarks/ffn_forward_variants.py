@@ -76,12 +76,16 @@ def layer_variants(batch: int, device: torch.device, seconds: float) -> list[dic
     b = b32.to(torch.bfloat16)
     xn = x.permute(0, 2, 3, 4, 1)  # (B, Z, Y, X, C) view, contiguous
     # zsplit weights: (3*Cout, Cin, 3, 3), tap dz major
-    w_split = w.permute(2, 0, 1, 3, 4).reshape(3 * c, c, 3, 3).contiguous(
-        memory_format=torch.channels_last
+    w_split = (
+        w.permute(2, 0, 1, 3, 4)
+        .reshape(3 * c, c, 3, 3)
+        .contiguous(memory_format=torch.channels_last)
     )
     # zstack weights: (Cout, 3*Cin, 3, 3), input channels dz major
-    w_stack = w.permute(0, 2, 1, 3, 4).reshape(c, 3 * c, 3, 3).contiguous(
-        memory_format=torch.channels_last
+    w_stack = (
+        w.permute(0, 2, 1, 3, 4)
+        .reshape(c, 3 * c, 3, 3)
+        .contiguous(memory_format=torch.channels_last)
     )
     from ffnflow.ffn.zsplit import zsplit_conv
 
@@ -166,12 +170,13 @@ def model_variants(batch: int, device: torch.device, seconds: float, compile_: b
     for name, fn in variants.items():
         try:
             t0 = time.perf_counter()
-            with torch.inference_mode(), torch.backends.cudnn.flags(
-                enabled=True, benchmark=True, allow_tf32=False
+            with (
+                torch.inference_mode(),
+                torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=False),
             ):
                 out = fn(i_cl, p_cl)
                 first_s = time.perf_counter() - t0
-                t = bench(lambda: fn(i_cl, p_cl), seconds, device)
+                t = bench(lambda fn=fn: fn(i_cl, p_cl), seconds, device)
             rows.append(
                 {
                     "what": name,

@@ -13,10 +13,13 @@ Sections, each guarded by a time budget, each adding to ``OUT/gpu_acceptance.jso
 ``forward``    the model alone on the device: FOV/s and TFLOP/s per precision and batch.
 ``throughput`` on the 160x250x250 and 250^3 FIB-25 volumes: (a) the reference schedule,
                one object, batch 1, fp32, timed over its first ``--seq-seconds``; (b) the
-               batched bf16 engine over the whole volume as a ``--grid`` of blocks
-               (with ``--context``) whose FOVs share forward passes
-               (``segment_canvases``). FOV/s, TFLOP/s (50 GFLOP per FOV x forward
-               passes run), mean batch, peak GPU memory.
+               batched bf16 engine (z-split convolutions, compiled) over the whole
+               volume as a ``--grid`` of blocks (with ``--context``) filled in
+               ``--fill-workers`` processes whose FOVs share forward passes
+               (``segment_canvases_in_workers``). FOV/s over the whole run and in
+               steady state (10-90 % of the FOVs), TFLOP/s (50 GFLOP per FOV x forward
+               passes run), mean batch, share of the time in model calls, peak GPU
+               memory.
 ``training``   training throughput (FOV/s, forward + backward) of the FIB-25 architecture
                in bf16 for a few batch sizes.
 ``finetune``   fine-tunes the published weights on x 0-125 of ``fib25_s2_train.h5`` for
@@ -50,10 +53,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ffnflow.ffn.batched import BatchedCanvas, segment_canvases  # noqa: E402
+from ffnflow.ffn.batched import BatchedCanvas  # noqa: E402
 from ffnflow.ffn.canvas import Canvas, InferenceOptions  # noqa: E402
 from ffnflow.ffn.model import ModelArch, load_checkpoint  # noqa: E402
-from ffnflow.ffn.predictor import FovPredictor  # noqa: E402
+from ffnflow.ffn.predictor import FovPredictor, batch_bucket  # noqa: E402
+from ffnflow.ffn.workers import segment_canvases_in_workers  # noqa: E402
 from ffnflow.metrics import segmentation_metrics  # noqa: E402
 from ffnflow.seeds import sobel_peak_seeds  # noqa: E402
 
@@ -100,7 +104,9 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def predictor(loaded, device, precision, max_objects=1, benchmark=False) -> FovPredictor:
+def predictor(
+    loaded, device, precision, max_objects=1, benchmark=False, conv="auto"
+) -> FovPredictor:
     """A predictor as the workflow builds one: batches padded to ``max_objects`` FOVs."""
     return FovPredictor(
         loaded.model,
@@ -108,6 +114,7 @@ def predictor(loaded, device, precision, max_objects=1, benchmark=False) -> FovP
         precision,
         fixed_batch=max_objects,
         deterministic=not benchmark,
+        conv=conv,
     )
 
 
@@ -115,6 +122,36 @@ def warm(pred: FovPredictor, n: int) -> None:
     shape = (n, *pred.fov_size_zyx)
     pred.predict(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
     pred.fov_evaluations = 0
+
+
+class TimedPredictor:
+    """A predictor's ``predict_into`` with the start, end and size of every call."""
+
+    def __init__(self, pred: FovPredictor) -> None:
+        self.pred = pred
+        self.fov_size_zyx = pred.fov_size_zyx
+        self.deltas_zyx = pred.deltas_zyx
+        self.calls: list[tuple[float, float, int]] = []
+
+    def predict_into(self, parts) -> None:
+        t0 = time.perf_counter()
+        self.pred.predict_into(parts)
+        self.calls.append((t0, time.perf_counter(), sum(int(i.shape[0]) for i, _ in parts)))
+
+    def steady_rate(self, t_start: float) -> dict[str, float]:
+        """FOV/s between the ends of the calls that reached 10 % and 90 % of all FOVs
+        (the engine's rate without its start and its tail of a few long fills)."""
+        ends = np.array([e for _, e, _ in self.calls]) - t_start
+        done = np.cumsum([n for _, _, n in self.calls])
+        if len(done) < 3:
+            return {"fov_per_s": 0.0, "window_s": 0.0}
+        i10 = int(np.searchsorted(done, 0.1 * done[-1]))
+        i90 = int(np.searchsorted(done, 0.9 * done[-1]))
+        window = max(float(ends[i90] - ends[i10]), 1e-9)
+        return {
+            "fov_per_s": round(float(done[i90] - done[i10]) / window, 1),
+            "window_s": round(window, 2),
+        }
 
 
 def run_stats(result, flops: float, max_objects: int | None = None) -> dict[str, Any]:
@@ -211,13 +248,19 @@ def section_parity(args, device, results) -> None:
         "vs_google_seg": agreement(google, fp32.labels)
     }
     log.info("parity fp32 sequential vs google_seg: %s", out["fp32_sequential"])
-    for name, precision in (("fp32_batched", "fp32"), ("bf16_batched", "bf16")):
+    for name, precision, conv in (
+        ("fp32_batched", "fp32", "auto"),
+        ("bf16_batched", "bf16", "auto"),
+        ("bf16_batched_conv3d", "bf16", "conv3d"),
+    ):
         mo = args.parity_objects
-        pred = predictor(loaded, device, precision, mo)
+        pred = predictor(loaded, device, precision, mo, conv=conv)
         warm(pred, mo)
         res = BatchedCanvas(image, pred, options, max_objects=mo).segment_all(seeds)
         out[name] = run_stats(res, flops, mo) | {
             "max_objects": mo,
+            "conv": pred.conv,
+            "compiled": pred.compiled,
             "vs_fp32_sequential": agreement(fp32.labels, res.labels),
             "vs_google_seg": agreement(google, res.labels),
         }
@@ -231,19 +274,23 @@ def section_forward(args, device, results) -> None:
     arch = loaded.model.arch
     flops = arch.flops_per_fov
     out = []
-    fmt = "auto"
-    configs = [
-        ("fp32", args.forward_batches[0], False, fmt),
-        ("tf32", args.forward_batches[1], True, fmt),
-    ]
-    configs += [("bf16", b, True, fmt) for b in args.forward_batches]
-    configs += [("bf16", args.forward_batches[-1], True, "contiguous")]
-    configs += [("bf16", args.forward_batches[-1], False, fmt)]
-    for precision, batch, bench, fmt in configs:
-        pred = FovPredictor(
-            loaded.model, str(device), precision, deterministic=not bench, memory_format=fmt
-        )
-        x = torch.zeros((batch, 2, *arch.fov_size_zyx), device=device)
+    b = args.forward_batches
+    configs = [("fp32", b[0], False, "conv3d"), ("tf32", b[1], True, "conv3d")]
+    configs += [("bf16", n, True, "conv3d") for n in b]
+    configs += [("bf16", n, True, "zsplit") for n in b]
+    pred_zsplit = None
+    for precision, batch, bench, conv in configs:
+        if conv == "zsplit":  # one compiled predictor for every batch size
+            pred_zsplit = pred_zsplit or FovPredictor(
+                loaded.model, str(device), precision, deterministic=False, conv="zsplit"
+            )
+            pred = pred_zsplit
+        else:
+            pred = FovPredictor(
+                loaded.model, str(device), precision, deterministic=not bench, conv=conv
+            )
+        gen = torch.Generator(device="cpu").manual_seed(batch)
+        x = torch.randn((batch, 2, *arch.fov_size_zyx), generator=gen).to(device)
         x = x.contiguous(memory_format=pred._torch_format)
         with torch.inference_mode(), pred._cudnn_flags():
             for _ in range(3):
@@ -260,8 +307,9 @@ def section_forward(args, device, results) -> None:
         row = {
             "precision": precision,
             "batch": batch,
+            "conv": pred.conv,
+            "compiled": pred.compiled,
             "cudnn_benchmark": bench,
-            "memory_format": pred.memory_format,
             "fov_per_s": round(reps * batch / wall, 1),
             "tflops": round(reps * batch * flops / wall / 1e12, 2),
             "ms_per_call": round(1000 * wall / reps, 3),
@@ -316,8 +364,9 @@ def section_throughput(args, device, results) -> None:
         del pred
         write_results(args, results)
 
-        # (b) the batched bf16 engine: the volume's blocks (with context) filled together,
-        # their FOVs sharing forward passes (ffnflow.ffn.batched.segment_canvases).
+        # (b) the batched bf16 engine: the volume's blocks (with context) filled together
+        # in worker processes, their FOVs sharing forward passes
+        # (ffnflow.ffn.workers.segment_canvases_in_workers).
         blocks = block_slices(raw.shape, args.grid, args.context)
         t0 = time.perf_counter()
         block_seeds = [seeds_of(image[b]) for b in blocks]
@@ -325,9 +374,12 @@ def section_throughput(args, device, results) -> None:
         pred = FovPredictor(
             loaded.model, str(device), "bf16", deterministic=False, pow2_batches=True
         )
-        warm(pred, args.max_batch)
+        t0 = time.perf_counter()
+        for n in sorted({batch_bucket(k) for k in range(1, args.max_batch + 1)}, reverse=True):
+            warm(pred, n)  # compile, and a cuDNN plan per padded batch size
+        warm_s = time.perf_counter() - t0
         reset_peak(device)
-        calls0 = pred.model_calls
+        timed = TimedPredictor(pred)
         canvases = [
             BatchedCanvas(
                 image[b],
@@ -339,30 +391,46 @@ def section_throughput(args, device, results) -> None:
             for b in blocks
         ]
         t0 = time.perf_counter()
-        res = segment_canvases(canvases, block_seeds, max_batch=args.max_batch)
+        res = segment_canvases_in_workers(
+            canvases, block_seeds, timed, args.fill_workers, max_batch=args.max_batch
+        )
         wall = time.perf_counter() - t0
         run = sum(int(r.counters["fov_evaluations_total"]) for r in res)
         kept = sum(int(r.counters["fov_evaluations"]) for r in res)
-        calls = pred.model_calls - calls0
+        calls = len(timed.calls)
         a_rate = max(entry["a_sequential_fp32"]["fov_per_s"], 1e-9)
+        steady = timed.steady_rate(t0)
         stats = {
             "grid": list(args.grid),
             "blocks": len(blocks),
             "context": args.context,
             "objects_per_block": args.block_objects,
             "lookahead_per_block": args.block_lookahead,
+            "fill_workers": args.fill_workers,
+            "conv": pred.conv,
+            "compiled": pred.compiled,
             "block_seeding_s": round(seeding_s, 2),
+            "warmup_s": round(warm_s, 1),
             "wall_s": round(wall, 2),
             "fov_evaluations_run": run,
             "fov_evaluations_kept": kept,
             "fov_per_s": round(run / wall, 1),
             "fov_per_s_kept": round(kept / wall, 1),
             "tflops": round(run * flops / wall / 1e12, 2),
+            "steady_fov_per_s": steady["fov_per_s"],
+            "steady_tflops": round(steady["fov_per_s"] * flops / 1e12, 2),
+            "steady_window_s": steady["window_s"],
             "model_calls": calls,
             "mean_batch": round(run / max(calls, 1), 1),
+            "mean_padded_batch": round(
+                sum(batch_bucket(n) for _, _, n in timed.calls) / max(calls, 1), 1
+            ),
+            "gpu_call_fraction": round(sum(e - b for b, e, _ in timed.calls) / wall, 3),
+            "voxels_per_s_blocks": round(sum(image[b].size for b in blocks) / wall, 1),
             "peak_gpu_gib": peak_memory_gib(device),
             "speedup_vs_a": round(run / wall / a_rate, 2),
             "speedup_vs_a_kept": round(kept / wall / a_rate, 2),
+            "steady_speedup_vs_a": round(steady["fov_per_s"] / a_rate, 2),
         }
         entry["b_batched_bf16_blocks"] = stats
         log.info("%s (b) %s", name, stats)
@@ -557,6 +625,10 @@ def main() -> None:
     parser.add_argument("--block-objects", type=int, default=16, help="objects per block")
     parser.add_argument("--block-lookahead", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=512, help="FOVs per model call")
+    parser.add_argument(
+        "--fill-workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)),
+        help="worker processes of (b)",
+    )  # fmt: skip
     parser.add_argument("--train-batches", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--train-seconds", type=float, default=8.0)
     parser.add_argument("--finetune-minutes", type=float, default=1.5)

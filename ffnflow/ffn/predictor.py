@@ -19,9 +19,10 @@ Convolutions, per ``conv``: ``conv3d`` (cuDNN/oneDNN 3D convolutions) or ``zspli
 ``zsplit`` compiled with ``torch.compile`` for bf16/fp16 on CUDA when Triton is present:
 on an H200 it ran the FIB-25 model at 4850 FOV/s (222 TFLOP/s) against 2500 for cuDNN's
 3D convolutions at batch 256 (``benchmarks/ffn_forward_variants.py``), else ``conv3d``.
-A compiled forward pass is specialised to its batch size (about 15 s to compile each):
-calls without ``fixed_batch`` are then padded to a few sizes (powers of two and 1.5x
-them).
+A compiled forward pass takes about 15 s to compile, once for ``fixed_batch``, else
+twice (the second batch size compiles a graph for any batch size); calls without
+``fixed_batch`` are then padded to a few sizes (powers of two and 1.5x them), each a
+cuDNN plan.
 
 The output for one FOV depends only on that FOV's image and POM as long as every call
 has the same batch shape: set ``fixed_batch`` (every model call then holds exactly that
@@ -220,8 +221,12 @@ class FovPredictor:
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(dynamo, name):
                     setattr(dynamo, name, max(getattr(dynamo, name), _RECOMPILE_LIMIT))
-            self._forward = torch.compile(self._forward, dynamic=False)
-            # Each batch shape compiles anew: pad to few shapes.
+            # One shape with fixed_batch; else torch's automatic dynamic shapes: the first
+            # batch size compiles static, a second one recompiles with the batch dynamic.
+            self._forward = torch.compile(
+                self._forward, dynamic=False if self.fixed_batch else None
+            )
+            # Few batch shapes: few cuDNN plans.
             self.pow2_batches = self.fixed_batch is None
         self.fov_size_zyx = model.arch.fov_size_zyx
         self.deltas_zyx = model.arch.deltas_zyx

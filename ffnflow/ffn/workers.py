@@ -141,8 +141,11 @@ def segment_canvases_in_workers(
                 w = live[conn]
                 try:
                     msg = conn.recv()
-                except EOFError:
-                    raise RuntimeError(f"fill worker {w} died (exit code {procs[w].exitcode})")
+                except EOFError as exc:
+                    procs[w].join(timeout=5)
+                    raise RuntimeError(
+                        f"fill worker {w} died (exit code {procs[w].exitcode})"
+                    ) from exc
                 if isinstance(msg, int):
                     ready.append((conn, w, msg))
                 elif msg[0] == "results":

@@ -52,9 +52,7 @@ class ZSplitStack(nn.Module):
         super().__init__()
         self.dtype = dtype
         self.conv0_a = model.conv0_a  # 2 -> C, float32, as a 3D convolution
-        pairs = [(model.conv0_b, None)] + [
-            (a, b) for a, b in zip(model.res_a, model.res_b)
-        ]
+        pairs = [(model.conv0_b, None)] + [(a, b) for a, b in zip(model.res_a, model.res_b)]
         self._n_res = len(pairs) - 1
 
         def w(conv: nn.Conv3d) -> nn.Parameter:
