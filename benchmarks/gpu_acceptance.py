@@ -133,6 +133,12 @@ class TimedPredictor:
         self.deltas_zyx = pred.deltas_zyx
         self.calls: list[tuple[float, float, int]] = []
 
+    def pin_host_memory(self, array) -> bool:
+        return self.pred.pin_host_memory(array)
+
+    def unpin_host_memory(self, array) -> None:
+        self.pred.unpin_host_memory(array)
+
     def predict_into(self, parts) -> None:
         t0 = time.perf_counter()
         self.pred.predict_into(parts)
@@ -248,11 +254,14 @@ def section_parity(args, device, results) -> None:
         "vs_google_seg": agreement(google, fp32.labels)
     }
     log.info("parity fp32 sequential vs google_seg: %s", out["fp32_sequential"])
-    for name, precision, conv in (
-        ("fp32_batched", "fp32", "auto"),
-        ("bf16_batched", "bf16", "auto"),
-        ("bf16_batched_conv3d", "bf16", "conv3d"),
-    ):
+    variants = {
+        "fp32_batched": ("fp32", "auto"),
+        "bf16_batched": ("bf16", "auto"),
+        "fp16_batched": ("fp16", "auto"),
+        "bf16_batched_conv3d": ("bf16", "conv3d"),
+    }
+    for name in args.parity_variants:
+        precision, conv = variants[name]
         mo = args.parity_objects
         pred = predictor(loaded, device, precision, mo, conv=conv)
         warm(pred, mo)
@@ -339,6 +348,8 @@ def section_throughput(args, device, results) -> None:
         "fib25_s1_250x250x250": "fib25_s1_raw.h5",
     }
     for name, filename in volumes.items():
+        if args.volumes and not any(v in name for v in args.volumes):
+            continue
         if args.deadline_s and time.perf_counter() - T_START > args.deadline_s:
             log.info("throughput: %s skipped (deadline)", name)
             continue
@@ -367,10 +378,6 @@ def section_throughput(args, device, results) -> None:
         # (b) the batched bf16 engine: the volume's blocks (with context) filled together
         # in worker processes, their FOVs sharing forward passes
         # (ffnflow.ffn.workers.segment_canvases_in_workers).
-        blocks = block_slices(raw.shape, args.grid, args.context)
-        t0 = time.perf_counter()
-        block_seeds = [seeds_of(image[b]) for b in blocks]
-        seeding_s = time.perf_counter() - t0
         pred = FovPredictor(
             loaded.model, str(device), "bf16", deterministic=False, pow2_batches=True
         )
@@ -378,65 +385,79 @@ def section_throughput(args, device, results) -> None:
         for n in sorted({batch_bucket(k) for k in range(1, args.max_batch + 1)}, reverse=True):
             warm(pred, n)  # compile, and a cuDNN plan per padded batch size
         warm_s = time.perf_counter() - t0
-        reset_peak(device)
-        timed = TimedPredictor(pred)
-        canvases = [
-            BatchedCanvas(
-                image[b],
-                pred,
-                InferenceOptions(),
-                max_objects=args.block_objects,
-                lookahead=args.block_lookahead,
-            )  # fmt: skip
-            for b in blocks
-        ]
-        t0 = time.perf_counter()
-        res = segment_canvases_in_workers(
-            canvases, block_seeds, timed, args.fill_workers, max_batch=args.max_batch
-        )
-        wall = time.perf_counter() - t0
-        run = sum(int(r.counters["fov_evaluations_total"]) for r in res)
-        kept = sum(int(r.counters["fov_evaluations"]) for r in res)
-        calls = len(timed.calls)
-        a_rate = max(entry["a_sequential_fp32"]["fov_per_s"], 1e-9)
-        steady = timed.steady_rate(t0)
-        stats = {
-            "grid": list(args.grid),
-            "blocks": len(blocks),
-            "context": args.context,
-            "objects_per_block": args.block_objects,
-            "lookahead_per_block": args.block_lookahead,
-            "fill_workers": args.fill_workers,
-            "conv": pred.conv,
-            "compiled": pred.compiled,
-            "block_seeding_s": round(seeding_s, 2),
-            "warmup_s": round(warm_s, 1),
-            "wall_s": round(wall, 2),
-            "fov_evaluations_run": run,
-            "fov_evaluations_kept": kept,
-            "fov_per_s": round(run / wall, 1),
-            "fov_per_s_kept": round(kept / wall, 1),
-            "tflops": round(run * flops / wall / 1e12, 2),
-            "steady_fov_per_s": steady["fov_per_s"],
-            "steady_tflops": round(steady["fov_per_s"] * flops / 1e12, 2),
-            "steady_window_s": steady["window_s"],
-            "model_calls": calls,
-            "mean_batch": round(run / max(calls, 1), 1),
-            "mean_padded_batch": round(
-                sum(batch_bucket(n) for _, _, n in timed.calls) / max(calls, 1), 1
-            ),
-            "gpu_call_fraction": round(sum(e - b for b, e, _ in timed.calls) / wall, 3),
-            "voxels_per_s_blocks": round(sum(image[b].size for b in blocks) / wall, 1),
-            "peak_gpu_gib": peak_memory_gib(device),
-            "speedup_vs_a": round(run / wall / a_rate, 2),
-            "speedup_vs_a_kept": round(kept / wall / a_rate, 2),
-            "steady_speedup_vs_a": round(steady["fov_per_s"] / a_rate, 2),
-        }
-        entry["b_batched_bf16_blocks"] = stats
-        log.info("%s (b) %s", name, stats)
-        del pred, canvases, res
+        for grid in [args.grid] + ([args.grid2] if args.grid2 else []):
+            key = "b_batched_bf16_blocks" + ("" if grid == args.grid else "_grid2")
+            entry[key] = run_b(args, image, grid, pred, flops, entry, warm_s)
+            log.info("%s (b) %s", name, entry[key])
+            warm_s = 0.0
+            write_results(args, results)
+        del pred
         results["throughput"][name] = entry
         write_results(args, results)
+
+
+def run_b(args, image, grid, pred, flops, entry, warm_s) -> dict[str, Any]:
+    """(b) over ``image`` as a ``grid`` of blocks; the stats (see section_throughput)."""
+    device = pred.device
+    blocks = block_slices(image.shape, grid, args.context)
+    t0 = time.perf_counter()
+    block_seeds = [seeds_of(image[b]) for b in blocks]
+    seeding_s = time.perf_counter() - t0
+    reset_peak(device)
+    timed = TimedPredictor(pred)
+    canvases = [
+        BatchedCanvas(
+            image[b],
+            pred,
+            InferenceOptions(),
+            max_objects=args.block_objects,
+            lookahead=args.block_lookahead,
+        )  # fmt: skip
+        for b in blocks
+    ]
+    t0 = time.perf_counter()
+    res = segment_canvases_in_workers(
+        canvases, block_seeds, timed, args.fill_workers, max_batch=args.max_batch
+    )
+    wall = time.perf_counter() - t0
+    run = sum(int(r.counters["fov_evaluations_total"]) for r in res)
+    kept = sum(int(r.counters["fov_evaluations"]) for r in res)
+    calls = len(timed.calls)
+    a_rate = max(entry["a_sequential_fp32"]["fov_per_s"], 1e-9)
+    steady = timed.steady_rate(t0)
+    stats = {
+        "grid": list(grid),
+        "blocks": len(blocks),
+        "context": args.context,
+        "objects_per_block": args.block_objects,
+        "lookahead_per_block": args.block_lookahead,
+        "fill_workers": args.fill_workers,
+        "conv": pred.conv,
+        "compiled": pred.compiled,
+        "block_seeding_s": round(seeding_s, 2),
+        "warmup_s": round(warm_s, 1),
+        "wall_s": round(wall, 2),
+        "fov_evaluations_run": run,
+        "fov_evaluations_kept": kept,
+        "fov_per_s": round(run / wall, 1),
+        "fov_per_s_kept": round(kept / wall, 1),
+        "tflops": round(run * flops / wall / 1e12, 2),
+        "steady_fov_per_s": steady["fov_per_s"],
+        "steady_tflops": round(steady["fov_per_s"] * flops / 1e12, 2),
+        "steady_window_s": steady["window_s"],
+        "model_calls": calls,
+        "mean_batch": round(run / max(calls, 1), 1),
+        "mean_padded_batch": round(
+            sum(batch_bucket(n) for _, _, n in timed.calls) / max(calls, 1), 1
+        ),
+        "gpu_call_fraction": round(sum(e - b for b, e, _ in timed.calls) / wall, 3),
+        "voxels_per_s_blocks": round(sum(image[b].size for b in blocks) / wall, 1),
+        "peak_gpu_gib": peak_memory_gib(device),
+        "speedup_vs_a": round(run / wall / a_rate, 2),
+        "speedup_vs_a_kept": round(kept / wall / a_rate, 2),
+        "steady_speedup_vs_a": round(steady["fov_per_s"] / a_rate, 2),
+    }
+    return stats
 
 
 def fib25_training_data(args, arch: ModelArch):
@@ -616,6 +637,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny crops and models (CPU test)")
     parser.add_argument("--parity-objects", type=int, default=16)
+    parser.add_argument(
+        "--parity-variants", nargs="+",
+        default=["fp32_batched", "bf16_batched", "fp16_batched", "bf16_batched_conv3d"],
+    )  # fmt: skip
+    parser.add_argument("--volumes", nargs="*", default=None, help="name parts (s2, s1)")
+    parser.add_argument("--grid2", type=int, nargs=3, default=None, help="a second grid")
     parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 64, 256, 1024])
     parser.add_argument("--forward-seconds", type=float, default=1.0)
     parser.add_argument("--seq-seconds", type=float, default=15.0)

@@ -48,10 +48,10 @@ def test_predictor_with_zsplit_predicts_as_conv3d():
     assert fast.conv == "zsplit" and not fast.compiled
     assert FovPredictor(model, "cpu", "bf16", threads=1).conv == "conv3d"  # auto on the CPU
     np.testing.assert_allclose(fast.predict(image, pom), ref.predict(image, pom), atol=1e-4)
-    # predict_into: the same logits written in place, padded to a bucket of 6 for 5 FOVs
+    # predict_into: the same logits written in place (5 FOVs padded to 8)
     x = np.stack([image, pom], axis=1)
     outs = [np.full((3, 9, 9, 9), np.nan, np.float32), np.full((2, 9, 9, 9), np.nan, np.float32)]
-    fast.predict_into([(x[:3], outs[0]), (np.concatenate([x[3:], x[:1]]), outs[1])])
+    fast.predict_into([(x[:3], outs[0]), (np.concatenate([x[3:], x[:1]]), outs[1])])  # 5 -> 8
     np.testing.assert_allclose(
         np.concatenate(outs), ref.predict(np.concatenate([image, image[:1]]),
                                           np.concatenate([pom, pom[:1]])), atol=1e-4
@@ -60,8 +60,10 @@ def test_predictor_with_zsplit_predicts_as_conv3d():
         FovPredictor(model, "cpu", conv="winograd")
 
 
-def test_batch_buckets_are_powers_of_two_and_one_and_a_half_times_them():
-    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 6, 7, 9, 74, 96, 97, 129)] == [
-        1, 2, 3, 4, 6, 6, 8, 12, 96, 96, 128, 192,
+def test_batch_buckets_pad_little_and_to_few_sizes():
+    assert [batch_bucket(n) for n in (1, 2, 3, 5, 8, 9, 36, 65, 129, 512, 513, 700, 800)] == [
+        1, 2, 4, 8, 8, 16, 40, 80, 160, 512, 768, 768, 1024,
     ]  # fmt: skip
-    assert all(n <= batch_bucket(n) <= 1.5 * n + 1 for n in range(1, 600))
+    sizes = {batch_bucket(n) for n in range(1, 513)}
+    assert len(sizes) == 27
+    assert all(n <= batch_bucket(n) <= max(1.5 * n, n + 31) for n in range(1, 2000))

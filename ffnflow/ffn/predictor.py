@@ -21,8 +21,8 @@ on an H200 it ran the FIB-25 model at 4850 FOV/s (222 TFLOP/s) against 2500 for 
 3D convolutions at batch 256 (``benchmarks/ffn_forward_variants.py``), else ``conv3d``.
 A compiled forward pass takes about 15 s to compile, once for ``fixed_batch``, else
 twice (the second batch size compiles a graph for any batch size); calls without
-``fixed_batch`` are then padded to a few sizes (powers of two and 1.5x them), each a
-cuDNN plan.
+``fixed_batch`` are then padded to a few sizes (:func:`batch_bucket`), each a cuDNN
+plan.
 
 The output for one FOV depends only on that FOV's image and POM as long as every call
 has the same batch shape: set ``fixed_batch`` (every model call then holds exactly that
@@ -60,10 +60,16 @@ _RECOMPILE_LIMIT = 32
 
 
 def batch_bucket(n: int) -> int:
-    """The padded size of a batch of ``n`` FOVs: the smallest power of two or 1.5x a power
-    of two that holds ``n`` (at most 1.5x padding; few distinct shapes)."""
-    k = 1 << max(n - 1, 0).bit_length()  # next power of two
-    return 3 * k // 4 if k >= 4 and 3 * k // 4 >= n else k
+    """The padded size of a batch of ``n`` FOVs (few distinct shapes, little padding): the
+    next power of two up to 8, a multiple of 8 up to 64, of 16 up to 128, of 32 up to 512,
+    then the next power of two or 1.5x a power of two."""
+    if n <= 8:
+        return 1 << max(n - 1, 0).bit_length()
+    for step, limit in ((8, 64), (16, 128), (32, 512)):
+        if n <= limit:
+            return -(-n // step) * step
+    k = 1 << (n - 1).bit_length()
+    return 3 * k // 4 if 3 * k // 4 >= n else k
 
 
 def _triton_available() -> bool:
@@ -152,8 +158,8 @@ class FovPredictor:
     (channels_last on CUDA, contiguous on the CPU). ``compile``: wrap the forward pass in
     ``torch.compile``.
     ``fixed_batch``: every model call holds exactly this many FOVs (None: as many as asked).
-    ``pow2_batches`` (without ``fixed_batch``): calls are padded to the next power of two
-    or 1.5x a power of two FOVs (:func:`batch_bucket`), so that few batch shapes occur
+    ``pow2_batches`` (without ``fixed_batch``): calls are padded to one of a few sizes
+    (:func:`batch_bucket`), so that few batch shapes occur
     (each new shape costs cuDNN a plan, and a compiled forward pass a compilation).
     ``deterministic`` (CUDA): cuDNN picks its algorithms by fixed rules and only
     deterministic ones, so runs repeat bit for bit; False lets cuDNN time the candidates
@@ -272,6 +278,26 @@ class FovPredictor:
         finally:
             cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved
 
+    def pin_host_memory(self, array: np.ndarray) -> bool:
+        """Page-lock the memory of ``array`` (CUDA) so that :meth:`predict_into` copies from
+        and to it asynchronously, without the driver's staging copy; False where that is
+        not possible (CPU, or CUDA refused). Undo with :meth:`unpin_host_memory` before the
+        memory is freed."""
+        if self.device.type != "cuda" or array.nbytes == 0:
+            return False
+        try:
+            err = torch.cuda.cudart().cudaHostRegister(array.ctypes.data, array.nbytes, 0)
+            return int(getattr(err, "value", err)) == 0
+        except (AttributeError, RuntimeError, TypeError):
+            return False
+
+    def unpin_host_memory(self, array: np.ndarray) -> None:
+        """Undo :meth:`pin_host_memory`."""
+        try:
+            torch.cuda.cudart().cudaHostUnregister(array.ctypes.data)
+        except (AttributeError, RuntimeError, TypeError):
+            pass
+
     def predict_into(self, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         """Predict FOVs given as ``(inputs, outputs)`` parts, writing the new POM logits into
         each ``outputs`` (float32 ``(n_i, z, y, x)``) in place.
@@ -279,7 +305,8 @@ class FovPredictor:
         ``inputs`` is float32 ``(n_i, 2, z, y, x)``: channel 0 the normalised image, 1 the
         POM logits. All parts go through the model together (split by ``fixed_batch``,
         padded as :meth:`predict` pads); they are copied straight to the device and back,
-        with no host staging copy.
+        with no host staging copy (asynchronously where :meth:`pin_host_memory` pinned
+        them). The inputs may be reused once this returns.
         """
         n = sum(int(i.shape[0]) for i, _ in parts)
         if n == 0:
@@ -298,7 +325,7 @@ class FovPredictor:
             offset = 0
             for inputs, _ in parts:
                 m = int(inputs.shape[0])
-                x[offset : offset + m].copy_(torch.from_numpy(inputs))
+                x[offset : offset + m].copy_(torch.from_numpy(inputs), non_blocking=True)
                 offset += m
             if k > n:  # padding: copies of the first FOV (outputs dropped)
                 x[n:k].copy_(x[0:1].expand(k - n, *x.shape[1:]))
@@ -308,8 +335,10 @@ class FovPredictor:
             offset = 0
             for _, host in parts:
                 m = int(host.shape[0])
-                torch.from_numpy(host).copy_(out[offset : offset + m])
+                torch.from_numpy(host).copy_(out[offset : offset + m], non_blocking=True)
                 offset += m
+            if self.device.type == "cuda":  # the copies into the outputs have landed
+                torch.cuda.current_stream(self.device).synchronize()
         self.model_calls += 1
         self.fov_evaluations += n
 

@@ -132,6 +132,9 @@ def segment_canvases_in_workers(
         conns[parent] = w
     for proc in procs:
         proc.start()
+    # Page-locked slots: the device copies them without a staging copy (CUDA).
+    pin = getattr(predictor, "pin_host_memory", None)
+    pinned = [a for slot in slots for a in slot if pin is not None and pin(a)]
     results: dict[int, SegmentationResult] = {}
     live = dict(conns)
     try:
@@ -170,6 +173,8 @@ def segment_canvases_in_workers(
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+        for array in pinned:
+            predictor.unpin_host_memory(array)
     return [results[i] for i in range(len(canvases))]
 
 
