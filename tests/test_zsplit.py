@@ -67,3 +67,28 @@ def test_batch_buckets_pad_little_and_to_few_sizes():
     sizes = {batch_bucket(n) for n in range(1, 513)}
     assert len(sizes) == 27
     assert all(n <= batch_bucket(n) <= max(1.5 * n, n + 31) for n in range(1, 2000))
+
+
+def test_a_failing_compiler_falls_back_to_uncompiled_3d_convolutions(monkeypatch, caplog):
+    import ffnflow.ffn.predictor as predictor_module
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no working C compiler")
+
+        return compiled
+
+    monkeypatch.setattr(predictor_module.torch, "compile", broken_compile)
+    torch.manual_seed(2)
+    model = ConvStack3D(ModelArch(depth=2, features=4, fov_size_zyx=(9, 9, 9))).eval()
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(2, 9, 9, 9)).astype(np.float32)
+    pom = rng.normal(size=(2, 9, 9, 9)).astype(np.float32)
+    pred = FovPredictor(model, "cpu", "fp32", threads=1, conv="zsplit", compile=True)
+    assert pred.compiled and pred.conv == "zsplit"
+    with caplog.at_level("WARNING"):
+        got = pred.predict(image, pom)
+    assert "no working C compiler" in caplog.text
+    assert not pred.compiled and pred.conv == "conv3d"
+    ref = FovPredictor(model, "cpu", "fp32", threads=1, conv="conv3d").predict(image, pom)
+    np.testing.assert_allclose(got, ref, atol=1e-5)

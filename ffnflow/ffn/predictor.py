@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 from collections.abc import Iterator, Sequence
 
@@ -46,6 +47,8 @@ from torch import nn
 from ffnflow.errors import InputError
 from ffnflow.ffn.model import ConvStack3D
 from ffnflow.ffn.zsplit import ZSplitStack
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {
     "fp32": torch.float32,
@@ -222,6 +225,7 @@ class FovPredictor:
         if compile is None:
             compile = conv == "zsplit" and self.device.type == "cuda"
         self.compiled = bool(compile)
+        self._compile_unproven = self.compiled  # until its first call succeeds
         if compile:
             dynamo = torch._dynamo.config
             for name in ("recompile_limit", "cache_size_limit"):
@@ -239,6 +243,32 @@ class FovPredictor:
         self.fov_evaluations = 0
         self.model_calls = 0
         self._pinned: torch.Tensor | None = None  # host staging buffer (N, 2, z, y, x)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass on ``x`` ``(N, 2, z, y, x)`` (image, POM logits). If the first call
+        of a compiled forward pass fails (no working compiler), falls back to uncompiled
+        cuDNN/oneDNN 3D convolutions with a warning."""
+        if not self._compile_unproven:
+            return self._forward(x[:, 0:1], x[:, 1:2])
+        try:
+            out = self._forward(x[:, 0:1], x[:, 1:2])
+        except Exception as exc:  # noqa: BLE001 - whatever the compiler raises
+            log.warning(
+                "ffn: torch.compile of the %s forward pass failed (%s: %s); running it "
+                "uncompiled with 3D convolutions",
+                self.conv,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
+            self.conv, self.compiled, self._compile_unproven = "conv3d", False, False
+            self._forward = self.model
+            if self.precision in ("bf16", "fp16"):
+                self._forward = _MixedStack(
+                    self.model, self.device.type, PRECISIONS[self.precision]
+                )
+            return self._forward(x[:, 0:1], x[:, 1:2])
+        self._compile_unproven = False
+        return out
 
     def _staging(self, n: int) -> torch.Tensor:
         """A host buffer for ``n`` FOVs (image and POM channels); pinned on CUDA."""
@@ -258,7 +288,7 @@ class FovPredictor:
         x = host.to(self.device, non_blocking=True)
         if self.memory_format == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        out = self._forward(x[:, 0:1], x[:, 1:2])
+        out = self._call(x)
         # .cpu() waits for the device; copying into fresh memory keeps the staging buffer free.
         return out[:, 0].float().cpu().numpy().copy()
 
@@ -331,7 +361,7 @@ class FovPredictor:
                 x[n:k].copy_(x[0:1].expand(k - n, *x.shape[1:]))
             if self.memory_format == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last_3d)
-            out = self._forward(x[:, 0:1], x[:, 1:2])[:n, 0].float()
+            out = self._call(x)[:n, 0].float()
             offset = 0
             for _, host in parts:
                 m = int(host.shape[0])
