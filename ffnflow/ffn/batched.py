@@ -517,12 +517,7 @@ def segment_canvases(
         c.fill_steps(s, progress=progress and len(canvases) == 1) for c, s in zip(canvases, seeds)
     ]
     results: list[SegmentationResult | None] = [None] * len(canvases)
-    pending: dict[int, FovBatch] = {}
-    for i, gen in enumerate(steps):
-        try:
-            pending[i] = next(gen)
-        except StopIteration as stop:
-            results[i] = stop.value
+    pending = start_fill_steps(dict(enumerate(steps)), results)
     while pending:
         order = sorted(pending)
         images = np.stack([a for i in order for a in pending[i][0]])
@@ -536,14 +531,37 @@ def segment_canvases(
             )
         else:
             logits = predictor.predict(images, poms)
-        offset = 0
-        sent: dict[int, FovBatch] = {}
-        for i in order:
-            n = len(pending[i][0])
-            try:
-                sent[i] = steps[i].send(logits[offset : offset + n])
-            except StopIteration as stop:
-                results[i] = stop.value
-            offset += n
-        pending = sent
+        pending = send_fill_logits(steps, pending, logits, results)
     return results  # type: ignore[return-value]
+
+
+FillSteps = Generator[FovBatch, np.ndarray, SegmentationResult]
+
+
+def start_fill_steps(steps: dict[int, FillSteps], results) -> dict[int, FovBatch]:
+    """Start the :meth:`BatchedCanvas.fill_steps` generators ``steps`` (by canvas index):
+    their first batches of model inputs; canvases that finish at once go to ``results``."""
+    pending: dict[int, FovBatch] = {}
+    for i, gen in steps.items():
+        try:
+            pending[i] = next(gen)
+        except StopIteration as stop:
+            results[i] = stop.value
+    return pending
+
+
+def send_fill_logits(
+    steps, pending: dict[int, FovBatch], logits: np.ndarray, results
+) -> dict[int, FovBatch]:
+    """Send every pending canvas its slice of ``logits`` (the FOVs of ``pending`` in
+    canvas index order): their next batches; finished canvases' results go to ``results``."""
+    sent: dict[int, FovBatch] = {}
+    offset = 0
+    for i in sorted(pending):
+        n = len(pending[i][0])
+        try:
+            sent[i] = steps[i].send(logits[offset : offset + n])
+        except StopIteration as stop:
+            results[i] = stop.value
+        offset += n
+    return sent

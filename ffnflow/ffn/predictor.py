@@ -75,6 +75,17 @@ def batch_bucket(n: int) -> int:
     return 3 * k // 4 if 3 * k // 4 >= n else k
 
 
+def predict_into_with_predict(predictor, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+    """:meth:`FovPredictor.predict_into` through any predictor's ``predict(image, pom)``:
+    the inputs of all parts concatenated, one call, the logits written back per part."""
+    x = np.concatenate([inputs for inputs, _ in parts])
+    logits = predictor.predict(x[:, 0], x[:, 1])
+    offset = 0
+    for _, out in parts:
+        out[...] = logits[offset : offset + out.shape[0]]
+        offset += out.shape[0]
+
+
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -342,12 +353,7 @@ class FovPredictor:
         if n == 0:
             return
         if self.fixed_batch is not None:
-            x = np.concatenate([i for i, _ in parts])
-            logits = self.predict(x[:, 0], x[:, 1])
-            offset = 0
-            for _, out in parts:
-                out[...] = logits[offset : offset + out.shape[0]]
-                offset += out.shape[0]
+            predict_into_with_predict(self, parts)
             return
         k = batch_bucket(n) if self.pow2_batches else n
         with torch.inference_mode(), self._cudnn_flags():

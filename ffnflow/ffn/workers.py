@@ -29,8 +29,9 @@ from multiprocessing.connection import Connection, wait
 import numpy as np
 
 from ffnflow.errors import InputError
-from ffnflow.ffn.batched import BatchedCanvas
+from ffnflow.ffn.batched import BatchedCanvas, send_fill_logits, start_fill_steps
 from ffnflow.ffn.canvas import SegmentationResult, Zyx
+from ffnflow.ffn.predictor import predict_into_with_predict
 
 
 def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
@@ -52,12 +53,7 @@ def _worker_loop(
     try:
         steps = {i: canvases[i].fill_steps(seeds[i]) for i in mine}
         results: dict[int, SegmentationResult] = {}
-        pending = {}
-        for i, gen in steps.items():
-            try:
-                pending[i] = next(gen)
-            except StopIteration as stop:
-                results[i] = stop.value
+        pending = start_fill_steps(steps, results)
         while pending:
             order = sorted(pending)
             k = 0
@@ -69,16 +65,7 @@ def _worker_loop(
             conn.send(k)
             if conn.recv() != "go":
                 return  # the main process gave up
-            sent = {}
-            offset = 0
-            for i in order:
-                n = len(pending[i][0])
-                try:
-                    sent[i] = steps[i].send(outputs[offset : offset + n])
-                except StopIteration as stop:
-                    results[i] = stop.value
-                offset += n
-            pending = sent
+            pending = send_fill_logits(steps, pending, outputs[:k], results)
         conn.send(("results", results))
     except BaseException:  # noqa: BLE001 - reported to the main process, which raises
         conn.send(("error", traceback.format_exc()))
@@ -204,10 +191,5 @@ def _predict_chunk(predictor, chunk: list[tuple[np.ndarray, np.ndarray]]) -> Non
         return
     if hasattr(predictor, "predict_into"):
         predictor.predict_into(chunk)
-        return
-    x = np.concatenate([i for i, _ in chunk])
-    logits = predictor.predict(x[:, 0], x[:, 1])
-    offset = 0
-    for _, out in chunk:
-        out[...] = logits[offset : offset + out.shape[0]]
-        offset += out.shape[0]
+    else:
+        predict_into_with_predict(predictor, chunk)
