@@ -95,3 +95,19 @@ def test_bad_worker_arguments_are_refused():
         segment_canvases_in_workers(canvases, [[(20, 20, 20)]], DecayPredictor(0.1), 0)
     with pytest.raises(InputError, match="seed lists"):
         segment_canvases_in_workers(canvases, [], DecayPredictor(0.1), 1)
+
+
+class DyingCanvas(BatchedCanvas):
+    def _apply(self, batch, logits):
+        import os
+
+        os._exit(3)
+
+
+def test_a_worker_that_dies_is_reported_with_its_exit_code():
+    image, tubes = crossing_tubes()
+    seeds = block_seeds(tubes, n=4)
+    predictor = DecayPredictor(0.1)
+    canvases = [DyingCanvas(image[BLOCKS[0]], predictor, OPTIONS, max_objects=2)]
+    with pytest.raises(RuntimeError, match="died .exit code 3"):
+        segment_canvases_in_workers(canvases, seeds[:1], predictor, 1)

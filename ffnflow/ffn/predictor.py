@@ -16,9 +16,10 @@ Numerics, per ``precision``:
 Convolutions, per ``conv``: ``conv3d`` (cuDNN/oneDNN 3D convolutions) or ``zsplit`` (each
 3x3x3 convolution as a 2D convolution over every z section plus a shifted sum, module
 :mod:`ffnflow.ffn.zsplit`; same numerics as the mixed stack above). ``auto`` takes
-``zsplit`` compiled with ``torch.compile`` for bf16/fp16 on CUDA when Triton is present:
-on an H200 it ran the FIB-25 model at 4850 FOV/s (222 TFLOP/s) against 2500 for cuDNN's
-3D convolutions at batch 256 (``benchmarks/ffn_forward_variants.py``), else ``conv3d``.
+``zsplit`` compiled with ``torch.compile`` for bf16/fp16 on CUDA when Triton is present,
+else ``conv3d``. On an H200, z-split ran the FIB-25 model at 4750-4850 FOV/s (218-222
+TFLOP/s) against 2500 for cuDNN's 3D convolutions at batch 256
+(``benchmarks/ffn_forward_variants.py``).
 A compiled forward pass takes about 15 s to compile, once for ``fixed_batch``, else
 twice (the second batch size compiles a graph for any batch size); calls without
 ``fixed_batch`` are then padded to a few sizes (:func:`batch_bucket`), each a cuDNN
@@ -170,7 +171,8 @@ class FovPredictor:
     (default: the cores this process may use). ``memory_format``: ``channels_last``
     (NDHWC, what cuDNN and oneDNN prefer), ``contiguous`` (NCDHW) or ``auto``
     (channels_last on CUDA, contiguous on the CPU). ``compile``: wrap the forward pass in
-    ``torch.compile``.
+    ``torch.compile`` (None: for ``zsplit`` on CUDA only). ``conv``: ``auto``, ``conv3d`` or
+    ``zsplit`` (module docstring).
     ``fixed_batch``: every model call holds exactly this many FOVs (None: as many as asked).
     ``pow2_batches`` (without ``fixed_batch``): calls are padded to one of a few sizes
     (:func:`batch_bucket`), so that few batch shapes occur

@@ -90,9 +90,9 @@ def segment_canvases_in_workers(
     if len(canvases) != len(seeds):
         raise InputError(f"segment_canvases: {len(canvases)} canvases but {len(seeds)} seed lists")
     if int(workers) < 1:
-        raise InputError(f"ffn.workers: {workers} < 1")
+        raise InputError(f"segment_canvases_in_workers: workers {workers} < 1")
     if "fork" not in mp.get_all_start_methods():
-        raise InputError("ffn.workers: worker processes need the 'fork' start method (Linux)")
+        raise InputError("segment_canvases_in_workers: needs the 'fork' start method (Linux)")
     if not canvases:
         return []
     seeds = [[tuple(int(v) for v in s) for s in seed_list] for seed_list in seeds]
@@ -102,6 +102,7 @@ def segment_canvases_in_workers(
     ctx = mp.get_context("fork")
     slots = []
     procs = []
+    children = []
     conns: dict[Connection, int] = {}
     for w, mine in enumerate(assignment):
         capacity = sum(canvases[i].max_objects for i in mine)
@@ -116,9 +117,12 @@ def segment_canvases_in_workers(
         )
         slots.append((inputs, outputs))
         procs.append(proc)
+        children.append(child)
         conns[parent] = w
     for proc in procs:
         proc.start()
+    for child in children:
+        child.close()  # so that a dead worker's pipe reads as closed here
     # Page-locked slots: the device copies them without a staging copy (CUDA).
     pin = getattr(predictor, "pin_host_memory", None)
     pinned = [a for slot in slots for a in slot if pin is not None and pin(a)]
