@@ -35,6 +35,13 @@ wildcard_constraints:
     ffn_pass="ffn|ffn_reverse",
 
 
+def block_groups(dataset):
+    """The dataset's block ids in groups of ffn.blocks_per_job (one segment job each)."""
+    ids = list(BLOCK_IDS[dataset])
+    k = config["ffn"]["blocks_per_job"]
+    return [ids[i : i + k] for i in range(0, len(ids), k)]
+
+
 def result(dataset, name):
     """Path of a per-dataset output: results/NAME/<name>."""
     return f"results/{dataset}/{name}"
@@ -225,6 +232,11 @@ def masknet_input(wildcards):
         if masknet_enabled(config)
         else {}
     )
+
+
+def masknet_input_of(dataset):
+    """masknet_input for rules of one dataset (no {dataset} wildcard)."""
+    return lambda wildcards: {"mask": result(dataset, "mask.h5")} if masknet_enabled(config) else {}
 
 
 def masknet_use_params():

@@ -231,3 +231,34 @@ def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tin
         assert path.stat().st_mtime_ns == mtime, f"finished block {path} was recomputed"
     with h5py.File(work / target, "r") as a, h5py.File(reference / target, "r") as b:
         assert np.array_equal(a["labels"][...], b["labels"][...])
+
+
+def test_blocks_filled_together_give_the_per_block_result(tmp_path, tiny_em):
+    """ffn.blocks_per_job: one job fills the blocks together (their FOVs batched); on the
+    CPU each block's labels are those of its own job, voxel for voxel."""
+    dataset = {"raw": f"{tiny_em}:raw", "resolution_nm": [10, 10, 10]}
+    base = {
+        "datasets": {"mydata": dataset},
+        "blocks": {"shape_zyx": [24, 48, 48], "context_zyx": [16, 16, 16]},
+        "ffn": {"max_objects": 2},
+    }
+    per_block = tmp_path / "per_block.yaml"
+    per_block.write_text(json.dumps(base))
+    together = tmp_path / "together.yaml"
+    together.write_text(json.dumps({**base, "ffn": {"max_objects": 2, "blocks_per_job": 2}}))
+    target = "results/mydata/ffn.h5"
+    jobs = planned_jobs(tmp_path / "plan", [together], target)
+    assert "segment_mydata_part0" in jobs and "segment" not in jobs
+    for name, config in (("a", per_block), ("b", together)):
+        run = snakemake(tmp_path / name, config, target)
+        assert run.returncode == 0, run.stderr[-3000:]
+    log = (tmp_path / "b/results/mydata/logs/segment_part0_ffn.log").read_text()
+    assert "blocks z0_y0_x0, z1_y0_x0 together" in log
+    for path in (target, "results/mydata/blocks/z1_y0_x0/ffn.h5"):
+        with h5py.File(tmp_path / "a" / path) as a, h5py.File(tmp_path / "b" / path) as b:
+            assert np.array_equal(a["labels"][...], b["labels"][...]), path
+    counters = json.loads(
+        (tmp_path / "b/results/mydata/blocks/z1_y0_x0/ffn_counters.json").read_text()
+    )
+    assert counters["counters"]["blocks_filled_together"] == 2
+    assert counters["counters"]["fov_evaluations"] > 0
