@@ -59,6 +59,7 @@ else:
                 resources:
                     gpu=1,
                     mem_mb=16000,
+                    runtime=240,
                 params:
                     dataset_name=_dataset,
                     dataset={k: config["datasets"][_dataset].get(k) for k in IMAGE_KEYS},
