@@ -266,6 +266,7 @@ def run_segment_blocks(
     threads: int | None = None,
     mask_h5: str | Path | None = None,
     reverse_seeds: bool = False,
+    fill_workers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Flood-fill several blocks together (``ffn.blocks_per_job``); per block, the outputs
     of :func:`run_segment`.
@@ -273,7 +274,8 @@ def run_segment_blocks(
     Every step, the FOVs of all blocks go through one model call, so a GPU gets batches
     (README, "On a GPU"). On CUDA the blocks' bookkeeping runs in ``threads - 2`` forked
     worker processes (at least one; ``segment_canvases_in_workers``), on the CPU in this
-    process. Each block gets what its own BatchedCanvas gives: on the CPU exactly
+    process; ``fill_workers`` overrides that (0: this process). Each block gets what its
+    own BatchedCanvas gives: on the CPU exactly
     :func:`run_segment`'s result; on a GPU the batch sizes vary, which can change the last
     bits of fp32 logits and hence, rarely, a decision.
     """
@@ -309,7 +311,9 @@ def run_segment_blocks(
         for f in fills
     ]
     seeds = [f.local_seeds for f in fills]
-    workers = max(1, (threads or 1) - 2) if device.type == "cuda" else 0
+    if fill_workers is None:
+        fill_workers = max(1, (threads or 1) - 2) if device.type == "cuda" else 0
+    workers = int(fill_workers)
     log.info(
         "segmenting %s blocks %s together from %d seeds on %s (%s, %d objects per block, "
         "%d fill workers)",
