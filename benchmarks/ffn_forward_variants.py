@@ -10,8 +10,11 @@ references (relative L2 error), and prints a table (FOV/s, TFLOP/s):
                   shifted sum over z (2D convolutions are cuDNN's best tuned kernels);
 - ``zstack``      the three z neighbours stacked as 3x the input channels, one 2D 3x3
                   convolution;
+- ``triton``      one fused Triton kernel (implicit GEMM over the 27 taps; CUDA), for
+                  several block shapes;
 - whole models:   ffnflow's mixed bf16 stack (fp32 residual) eager and compiled, the
-                  all-bf16 stack, and the zsplit stack eager and compiled.
+                  all-bf16 stack, the zsplit stack eager and compiled, and the Triton
+                  stack.
 
 Usage: python benchmarks/ffn_forward_variants.py [--batches 128 512] [--seconds 1.5]
        [--no-compile] [--json OUT.json]
@@ -20,6 +23,7 @@ Usage: python benchmarks/ffn_forward_variants.py [--batches 128 512] [--seconds 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -32,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ffnflow.ffn.model import load_checkpoint  # noqa: E402
-from ffnflow.ffn.predictor import FovPredictor  # noqa: E402
+from ffnflow.ffn.predictor import FovPredictor, triton_available  # noqa: E402
 from ffnflow.ffn.zsplit import ZSplitStack  # noqa: E402
 
 CHECKPOINT = REPO / "models" / "ffn_fib25_google.pt"
@@ -105,19 +109,32 @@ def layer_variants(batch: int, device: torch.device, seconds: float) -> list[dic
         x2 = st.reshape(batch * s, s, s, 3 * c).permute(0, 3, 1, 2)
         return F.conv2d(x2, w_stack, b, padding=1)
 
+    variants = [
+        ("conv3d", f_conv3d, lambda o: o),
+        ("zsplit", f_zsplit, lambda o: o.permute(0, 4, 1, 2, 3)),
+        ("zsplit_conv2d_only", f_zsplit_conv_only, None),
+        (
+            "zstack",
+            f_zstack,
+            lambda o: o.permute(0, 2, 3, 1).reshape(batch, s, s, s, c).permute(0, 4, 1, 2, 3),
+        ),
+    ]
+    if device.type == "cuda" and triton_available():
+        from ffnflow.ffn.triton_conv import conv3x3x3, tap_weight
+
+        w_tap = tap_weight(w32, torch.bfloat16)
+        for bm, warps, stages in itertools.product((64, 128, 256), (4, 8), (2, 3)):
+
+            def f_triton(bm=bm, warps=warps, stages=stages):
+                return conv3x3x3(xn, w_tap, b32, block_m=bm, num_warps=warps, num_stages=stages)[0]
+
+            variants.append(
+                (f"triton m{bm} w{warps} s{stages}", f_triton, lambda o: o.permute(0, 4, 1, 2, 3))
+            )
     flops = 2.0 * 27 * c * c * s**3 * batch
     rows = []
     with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=True):
-        for name, fn, to_ncdhw in (
-            ("conv3d", f_conv3d, lambda o: o),
-            ("zsplit", f_zsplit, lambda o: o.permute(0, 4, 1, 2, 3)),
-            ("zsplit_conv2d_only", f_zsplit_conv_only, None),
-            (
-                "zstack",
-                f_zstack,
-                lambda o: o.permute(0, 2, 3, 1).reshape(batch, s, s, s, c).permute(0, 4, 1, 2, 3),
-            ),
-        ):
+        for name, fn, to_ncdhw in variants:
             try:
                 t = bench(fn, seconds, device)
                 err = rel_err(to_ncdhw(fn()), ref) if to_ncdhw else None
@@ -161,6 +178,13 @@ def model_variants(batch: int, device: torch.device, seconds: float, compile_: b
     ).float()
     zs = ZSplitStack(model).to(device)
     variants["model zsplit eager"] = zs
+    if device.type == "cuda" and triton_available():
+        from ffnflow.ffn.triton_conv import TritonStack
+
+        for bm, warps in ((64, 4), (128, 4), (128, 8), (256, 8)):
+            variants[f"model triton m{bm} w{warps}"] = TritonStack(
+                model, torch.bfloat16, block_m=bm, num_warps=warps
+            ).to(device)
     if compile_:
         variants["model mixed_bf16 compiled"] = torch.compile(mixed._forward, dynamic=False)
         variants["model zsplit compiled"] = torch.compile(zs, dynamic=False)

@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 from ffnflow.ffn.batched import BatchedCanvas  # noqa: E402
 from ffnflow.ffn.canvas import Canvas, InferenceOptions  # noqa: E402
 from ffnflow.ffn.model import ModelArch, load_checkpoint  # noqa: E402
-from ffnflow.ffn.predictor import FovPredictor, batch_bucket  # noqa: E402
+from ffnflow.ffn.predictor import FovPredictor, batch_bucket, triton_available  # noqa: E402
 from ffnflow.ffn.workers import segment_canvases_in_workers  # noqa: E402
 from ffnflow.metrics import segmentation_metrics  # noqa: E402
 from ffnflow.seeds import sobel_peak_seeds  # noqa: E402
@@ -259,6 +259,8 @@ def section_parity(args, device, results) -> None:
         "bf16_batched": ("bf16", "auto"),
         "fp16_batched": ("fp16", "auto"),
         "bf16_batched_conv3d": ("bf16", "conv3d"),
+        "bf16_batched_triton": ("bf16", "triton"),
+        "fp16_batched_triton": ("fp16", "triton"),
     }
     for name in args.parity_variants:
         precision, conv = variants[name]
@@ -287,6 +289,8 @@ def section_forward(args, device, results) -> None:
     configs = [("fp32", b[0], False, "conv3d"), ("tf32", b[1], True, "conv3d")]
     configs += [("bf16", n, True, "conv3d") for n in b]
     configs += [("bf16", n, True, "zsplit") for n in b]
+    if device.type == "cuda" and triton_available():
+        configs += [("bf16", n, True, "triton") for n in b]
     pred_zsplit = None
     for precision, batch, bench, conv in configs:
         if conv == "zsplit":  # one compiled predictor for every batch size
@@ -379,7 +383,12 @@ def section_throughput(args, device, results) -> None:
         # in worker processes, their FOVs sharing forward passes
         # (ffnflow.ffn.workers.segment_canvases_in_workers).
         pred = FovPredictor(
-            loaded.model, str(device), "bf16", deterministic=False, pow2_batches=True
+            loaded.model,
+            str(device),
+            args.b_precision,
+            deterministic=False,
+            pow2_batches=True,
+            conv=args.b_conv,
         )
         t0 = time.perf_counter()
         for n in sorted({batch_bucket(k) for k in range(1, args.max_batch + 1)}, reverse=True):
@@ -432,6 +441,7 @@ def run_b(args, image, grid, pred, flops, entry, warm_s) -> dict[str, Any]:
         "objects_per_block": args.block_objects,
         "lookahead_per_block": args.block_lookahead,
         "fill_workers": args.fill_workers,
+        "precision": pred.precision,
         "conv": pred.conv,
         "compiled": pred.compiled,
         "block_seeding_s": round(seeding_s, 2),
@@ -643,6 +653,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--volumes", nargs="*", default=None, help="name parts (s2, s1)")
     parser.add_argument("--grid2", type=int, nargs=3, default=None, help="a second grid")
+    parser.add_argument("--b-precision", default="bf16", help="precision of (b)")
+    parser.add_argument(
+        "--b-conv", default="auto", help="convolutions of (b): auto, zsplit, triton"
+    )
     parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 64, 256, 1024])
     parser.add_argument("--forward-seconds", type=float, default=1.0)
     parser.add_argument("--seq-seconds", type=float, default=15.0)

@@ -13,9 +13,11 @@ Numerics, per ``precision``:
   residual are rounded (about half the error of plain autocast on FIB-25 FOVs).
   The returned logits are always float32.
 
-Convolutions, per ``conv``: ``conv3d`` (cuDNN/oneDNN 3D convolutions) or ``zsplit`` (each
+Convolutions, per ``conv``: ``conv3d`` (cuDNN/oneDNN 3D convolutions), ``zsplit`` (each
 3x3x3 convolution as a 2D convolution over every z section plus a shifted sum, module
-:mod:`ffnflow.ffn.zsplit`; same numerics as the mixed stack above). ``auto`` takes
+:mod:`ffnflow.ffn.zsplit`) or ``triton`` (one fused Triton kernel per convolution, module
+:mod:`ffnflow.ffn.triton_conv`; CUDA, not yet timed on a GPU); the latter two have the
+numerics of the mixed stack above. ``auto`` takes
 ``zsplit`` compiled with ``torch.compile`` for bf16/fp16 on CUDA when Triton is present,
 else ``conv3d``. On an H200, z-split ran the FIB-25 model at 4750-4850 FOV/s (218-222
 TFLOP/s) against 2500 for cuDNN's 3D convolutions at batch 256
@@ -58,7 +60,7 @@ PRECISIONS = {
     "fp16": torch.float16,
 }
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-CONVS = ("auto", "conv3d", "zsplit")
+CONVS = ("auto", "conv3d", "zsplit", "triton")
 # torch.compile's limit on the shapes of one function (one per padded batch size).
 _RECOMPILE_LIMIT = 32
 
@@ -87,7 +89,8 @@ def predict_into_with_predict(predictor, parts: Sequence[tuple[np.ndarray, np.nd
         offset += out.shape[0]
 
 
-def _triton_available() -> bool:
+def triton_available() -> bool:
+    """Whether Triton can be imported (``torch.compile`` on CUDA and ``conv="triton"``)."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -227,11 +230,18 @@ class FovPredictor:
         low = precision in ("bf16", "fp16")
         if conv == "auto":
             cuda_low = self.device.type == "cuda" and low
-            conv = "zsplit" if cuda_low and _triton_available() else "conv3d"
+            conv = "zsplit" if cuda_low and triton_available() else "conv3d"
         self.conv = conv
-        if conv == "zsplit":
+        if conv == "triton" and not triton_available():
+            raise InputError("ffn.conv 'triton': Triton is not installed")
+        if conv in ("zsplit", "triton"):
             dtype = PRECISIONS[precision] if low else torch.float32
-            self._forward = ZSplitStack(self.model, dtype).to(self.device)
+            if conv == "zsplit":
+                self._forward = ZSplitStack(self.model, dtype).to(self.device)
+            else:
+                from ffnflow.ffn.triton_conv import TritonStack  # imports Triton
+
+                self._forward = TritonStack(self.model, dtype).to(self.device)
         elif low:
             self._forward = _MixedStack(self.model, self.device.type, PRECISIONS[precision])
         self.deterministic = bool(deterministic)

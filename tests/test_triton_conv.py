@@ -1,0 +1,60 @@
+"""The fused Triton convolution kernel computes the FFN's function (Triton's interpreter,
+on the CPU; skipped where Triton is not installed)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="Triton is not installed"
+)
+
+CHECK = r"""
+import numpy as np, torch, torch.nn.functional as F
+from ffnflow.ffn.model import ConvStack3D, ModelArch
+from ffnflow.ffn.predictor import FovPredictor
+from ffnflow.ffn.triton_conv import conv3x3x3, tap_weight
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 16, 5, 6, 7, generator=g)  # sides differ on purpose
+w = torch.randn(16, 16, 3, 3, 3, generator=g) / 10
+b = torch.randn(16, generator=g)
+res = torch.randn(2, 16, 5, 6, 7, generator=g)
+ref = F.conv3d(x, w, b, padding=1) + res
+cl = lambda t: t.permute(0, 2, 3, 4, 1).contiguous()
+stream = cl(res)
+out, low = conv3x3x3(cl(x), tap_weight(w, torch.float32), b, residual=stream,
+                     write_relu_low=True, block_m=32)
+assert out is stream  # the residual stream is updated in place
+torch.testing.assert_close(out, cl(ref), rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(low, cl(ref).relu(), rtol=1e-4, atol=1e-4)
+none, only = conv3x3x3(cl(x), tap_weight(w, torch.float32), b, write_f32=False,
+                       write_relu_low=True, block_m=64)  # more rows than voxels per block
+assert none is None
+torch.testing.assert_close(only, cl(F.conv3d(x, w, b, padding=1)).relu(), rtol=1e-4, atol=1e-4)
+
+torch.manual_seed(1)
+model = ConvStack3D(ModelArch(depth=3, features=16, fov_size_zyx=(7, 9, 11))).eval()
+rng = np.random.default_rng(0)
+image = rng.normal(size=(3, 7, 9, 11)).astype(np.float32)
+pom = rng.normal(size=(3, 7, 9, 11)).astype(np.float32)
+fused = FovPredictor(model, "cpu", "fp32", threads=1, conv="triton")
+assert fused.conv == "triton" and not fused.compiled
+expected = FovPredictor(model, "cpu", "fp32", threads=1, conv="conv3d").predict(image, pom)
+np.testing.assert_allclose(fused.predict(image, pom), expected, atol=1e-4)
+print("ok")
+"""
+
+
+def test_fused_kernel_and_stack_equal_conv3d_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
