@@ -103,6 +103,8 @@ def conv3x3x3(
     c_out = weight.shape[2]
     x = x.contiguous()
     total = n * z * y * xx
+    if total * max(c_in, c_out) >= 2**31:  # the kernel's offsets are 32-bit
+        raise ValueError(f"triton conv: {n} FOVs of {(z, y, xx)} are too many for one call")
     out = None
     if write_f32:
         out = (
