@@ -8,6 +8,7 @@ was trained at) and ``provenance`` (free text).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,35 @@ class ConvStack3D(nn.Module):
         for conv_a, conv_b in zip(self.res_a, self.res_b):
             x = x + conv_b(torch.relu(conv_a(torch.relu(x))))
         return pom_logits + self.conv_lom(torch.relu(x))
+
+
+class RelaidConvStack(nn.Module):
+    """A ConvStack3D's parameters laid out for another formulation of its forward pass.
+
+    The first convolution stays as it is (``conv0_a``); the 3x3x3 kernels after it become
+    ``weight(kernel)`` (``w0b``, ``wa[i]``, ``wb[i]``), their biases float32 (``b0b``,
+    ``ba[i]``, ``bb[i]``); the final 1x1x1 convolution becomes a float32 vector and bias
+    (``w_lom``, ``b_lom``). Subclasses define ``forward``.
+    """
+
+    def __init__(self, model: ConvStack3D, weight: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.conv0_a = model.conv0_a
+
+        def w(conv: nn.Conv3d) -> nn.Parameter:
+            return nn.Parameter(weight(conv.weight.detach()), False)
+
+        def b(conv: nn.Conv3d) -> nn.Parameter:
+            return nn.Parameter(conv.bias.detach().float().clone(), False)
+
+        self.w0b, self.b0b = w(model.conv0_b), b(model.conv0_b)
+        self.wa = nn.ParameterList(w(a) for a in model.res_a)
+        self.ba = nn.ParameterList(b(a) for a in model.res_a)
+        self.wb = nn.ParameterList(w(c) for c in model.res_b)
+        self.bb = nn.ParameterList(b(c) for c in model.res_b)
+        lom = model.conv_lom
+        self.w_lom = nn.Parameter(lom.weight.detach().float().reshape(-1).clone(), False)
+        self.b_lom = nn.Parameter(lom.bias.detach().float().clone(), False)
 
 
 def tf_variable_names(depth: int) -> dict[str, str]:

@@ -21,9 +21,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch import nn
 
-from ffnflow.ffn.model import ConvStack3D
+from ffnflow.ffn.model import ConvStack3D, RelaidConvStack
 
 
 @triton.jit
@@ -138,7 +137,7 @@ def conv3x3x3(
     return out, low
 
 
-class TritonStack(nn.Module):
+class TritonStack(RelaidConvStack):
     """ConvStack3D's forward (inputs and output ``(N, 1, z, y, x)``) with the 3x3x3
     convolutions after the first as fused Triton kernels in ``dtype``."""
 
@@ -150,25 +149,9 @@ class TritonStack(nn.Module):
         num_warps: int = 4,
         num_stages: int = 3,
     ) -> None:
-        super().__init__()
+        super().__init__(model, lambda k: tap_weight(k, dtype))
         self.dtype = dtype
         self.launch = {"block_m": block_m, "num_warps": num_warps, "num_stages": num_stages}
-        self.conv0_a = model.conv0_a  # 2 -> C, float32, as a 3D convolution
-
-        def w(conv: nn.Conv3d) -> nn.Parameter:
-            return nn.Parameter(tap_weight(conv.weight.detach(), dtype), False)
-
-        def b(conv: nn.Conv3d) -> nn.Parameter:
-            return nn.Parameter(conv.bias.detach().float().clone(), False)
-
-        self.w0b, self.b0b = w(model.conv0_b), b(model.conv0_b)
-        self.wa = nn.ParameterList(w(a) for a in model.res_a)
-        self.ba = nn.ParameterList(b(a) for a in model.res_a)
-        self.wb = nn.ParameterList(w(c) for c in model.res_b)
-        self.bb = nn.ParameterList(b(c) for c in model.res_b)
-        lom = model.conv_lom
-        self.w_lom = nn.Parameter(lom.weight.detach().float().reshape(-1).clone(), False)
-        self.b_lom = nn.Parameter(lom.bias.detach().float().clone(), False)
 
     def forward(self, image: torch.Tensor, pom_logits: torch.Tensor) -> torch.Tensor:
         k = self.launch

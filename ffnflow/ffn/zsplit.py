@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ffnflow.ffn.model import ConvStack3D
+from ffnflow.ffn.model import ConvStack3D, RelaidConvStack
 
 
 def zsplit_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -44,32 +43,16 @@ def zsplit_conv(x: torch.Tensor, weight2d: torch.Tensor, bias: torch.Tensor) -> 
     return out
 
 
-class ZSplitStack(nn.Module):
+class ZSplitStack(RelaidConvStack):
     """ConvStack3D's forward (inputs and output ``(N, 1, z, y, x)``) with its 3x3x3
     convolutions after the first as z-split 2D convolutions in ``dtype``."""
 
     def __init__(self, model: ConvStack3D, dtype: torch.dtype = torch.bfloat16) -> None:
-        super().__init__()
+        super().__init__(
+            model,
+            lambda k: zsplit_weight(k).to(dtype).contiguous(memory_format=torch.channels_last),
+        )
         self.dtype = dtype
-        self.conv0_a = model.conv0_a  # 2 -> C, float32, as a 3D convolution
-        pairs = [(model.conv0_b, None)] + [(a, b) for a, b in zip(model.res_a, model.res_b)]
-        self._n_res = len(pairs) - 1
-
-        def w(conv: nn.Conv3d) -> nn.Parameter:
-            w2 = zsplit_weight(conv.weight.detach()).to(dtype)
-            return nn.Parameter(w2.contiguous(memory_format=torch.channels_last), False)
-
-        def b(conv: nn.Conv3d) -> nn.Parameter:
-            return nn.Parameter(conv.bias.detach().float().clone(), False)
-
-        self.w0b, self.b0b = w(model.conv0_b), b(model.conv0_b)
-        self.wa = nn.ParameterList(w(a) for a in model.res_a)
-        self.ba = nn.ParameterList(b(a) for a in model.res_a)
-        self.wb = nn.ParameterList(w(c) for c in model.res_b)
-        self.bb = nn.ParameterList(b(c) for c in model.res_b)
-        lom = model.conv_lom
-        self.w_lom = nn.Parameter(lom.weight.detach().float().reshape(-1).clone(), False)
-        self.b_lom = nn.Parameter(lom.bias.detach().float().clone(), False)
 
     def forward(self, image: torch.Tensor, pom_logits: torch.Tensor) -> torch.Tensor:
         dt = self.dtype
