@@ -23,7 +23,6 @@ from ffnflow.atomic import write_json_atomic
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
 from ffnflow.ffn.canvas import InferenceOptions
-from ffnflow.ffn.model import load_checkpoint
 from ffnflow.resegmentation import (
     PairScore,
     ResegmentationOptions,
@@ -37,12 +36,16 @@ from ffnflow.resegmentation import (
     write_scores_csv,
 )
 from ffnflow.stages.common import (
-    check_resolution,
     dataset_block,
     ffn_inputs,
     read_movement_mask,
 )
-from ffnflow.stages.segment import border_padding, make_predictor, pad_volume_border
+from ffnflow.stages.segment import (
+    border_padding,
+    load_ffn,
+    make_predictor,
+    pad_volume_border,
+)
 from ffnflow.volumes import Roi, open_volume, read_volume, write_volume
 
 log = logging.getLogger("ffnflow")
@@ -120,8 +123,7 @@ def run_score_pairs(
     block = dataset_block(config, dataset, block_id)
     points = [p for p in read_points_csv(points_csv) if block.write_roi.contains(p.point)]
     options = resegmentation_options(config)
-    loaded = load_checkpoint(config["ffn"]["checkpoint"])
-    check_resolution(dataset, f"FFN checkpoint {loaded.path} resolution", loaded.resolution_nm)
+    loaded = load_ffn(config, dataset)
     predictor, _ = make_predictor(loaded.model, {**config["ffn"], "max_objects": 1}, threads)
     inference = InferenceOptions(**config["ffn"]["inference"])
     labels_volume = open_volume(f"{cleaned_h5}:labels")
