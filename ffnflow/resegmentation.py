@@ -47,8 +47,8 @@ class ResegmentationOptions:
     """Resegmentation settings; sizes and radii in voxels (z, y, x)."""
 
     max_gap_voxels: float = 2.0
-    min_contact_faces: int = 50
-    min_segment_voxels: int = 5000
+    min_contact_faces: int = 25
+    min_segment_voxels: int = 1000
     radius_zyx: tuple[int, int, int] = (12, 12, 12)
     analysis_radius_zyx: tuple[int, int, int] = (12, 12, 12)
     seed_search_radius: int = 10
