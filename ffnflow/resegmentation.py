@@ -16,8 +16,11 @@ Follows the reference's ``resegmentation`` / ``resegmentation_analysis``:
    two runs, each run's consistency with its own segment (fraction of it recovered) and the
    fraction of A∪B that neither run covers (deleted).
 3. :func:`merge_table`: pairs with IoU >= ``merge_iou``, both consistencies >=
-   ``min_consistency`` and deleted <= ``max_deleted`` are merged (union-find); the result
-   is a relabel table applied with fastremap.
+   ``min_consistency`` and deleted <= ``max_deleted`` are merged, strongest IoU first,
+   with a union-find; two groups that both hold ``large_segment_voxels`` are joined only
+   through a pair of two such segments, never through a smaller segment between them (a
+   small fragment the FFN joins to both sides would otherwise merge two large neurons).
+   The result is a relabel table applied with fastremap.
 
 Arrays are z, y, x; points are voxel indices.
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import edt
@@ -58,6 +61,7 @@ class ResegmentationOptions:
     merge_iou: float = 0.25
     min_consistency: float = 0.4
     max_deleted: float = 0.1
+    large_segment_voxels: int = 20000
 
     def __post_init__(self) -> None:
         for name in ("radius_zyx", "analysis_radius_zyx"):
@@ -67,6 +71,10 @@ class ResegmentationOptions:
                 f"agglomeration.resegmentation: analysis_radius_zyx {self.analysis_radius_zyx} "
                 f"exceeds radius_zyx {self.radius_zyx}"
             )
+
+
+# Options that only decide merges from the scores (the agglomerate step, not the FFN runs).
+MERGE_DECISION_KEYS = ("merge_iou", "min_consistency", "max_deleted", "large_segment_voxels")
 
 
 @dataclass(frozen=True)
@@ -257,11 +265,7 @@ def score_pair(
     cons_b = float((rb & b_box).sum()) / max(int(b_box.sum()), 1)
     ab = a_box | b_box
     deleted = float((ab & ~(ra | rb)).sum()) / max(int(ab.sum()), 1)
-    merge = (
-        iou >= options.merge_iou
-        and min(cons_a, cons_b) >= options.min_consistency
-        and deleted <= options.max_deleted
-    )
+    merge = passes_merge_thresholds(iou, cons_a, cons_b, deleted, options)
     return PairScore(
         point.a,
         point.b,
@@ -279,13 +283,60 @@ def score_pair(
     )
 
 
-def merge_table(scores: Iterable[PairScore]) -> dict[int, int]:
-    """Segment id -> representative id (the smallest of its merged group) for merged pairs."""
+def passes_merge_thresholds(
+    iou: float,
+    consistency_a: float,
+    consistency_b: float,
+    deleted: float,
+    options: ResegmentationOptions,
+) -> bool:
+    """Whether one pair's scores call for a merge (``merge_iou``, ``min_consistency``,
+    ``max_deleted``)."""
+    return (
+        iou >= options.merge_iou
+        and min(consistency_a, consistency_b) >= options.min_consistency
+        and deleted <= options.max_deleted
+    )
+
+
+def merge_table(
+    scores: Iterable[PairScore],
+    options: ResegmentationOptions,
+    segment_voxels: dict[int, int],
+) -> tuple[dict[int, int], list[PairScore]]:
+    """Decide the merges of scored pairs; returns the relabel table (segment id -> a
+    representative of its merged group) and every pair with ``merge`` = applied.
+
+    Pairs passing :func:`passes_merge_thresholds` are joined strongest IoU first. A join of
+    two groups that both hold at least ``large_segment_voxels`` (0: no limit) is refused
+    unless both segments of the pair itself are that large. ``segment_voxels``: voxels
+    per segment id.
+    """
+    large = options.large_segment_voxels
     uf = UnionFind()
-    for s in scores:
-        if s.merge:
-            uf.union(s.a, s.b)
-    return {k: uf.find(k) for k in list(uf.parent)}
+    group_voxels: dict[int, int] = {}
+    applied: set[tuple[int, int]] = set()
+    passing = [
+        s
+        for s in scores
+        if passes_merge_thresholds(s.iou, s.consistency_a, s.consistency_b, s.deleted, options)
+    ]
+    for s in sorted(passing, key=lambda s: (-s.iou, s.a, s.b)):
+        ra, rb = uf.find(s.a), uf.find(s.b)
+        if ra == rb:
+            applied.add((s.a, s.b))
+            continue
+        va = group_voxels.get(ra, segment_voxels.get(s.a, 0))
+        vb = group_voxels.get(rb, segment_voxels.get(s.b, 0))
+        pair_small = min(segment_voxels.get(s.a, 0), segment_voxels.get(s.b, 0)) < large
+        if large and va >= large and vb >= large and pair_small:
+            continue
+        uf.union(s.a, s.b)
+        group_voxels[uf.find(s.a)] = va + vb
+        applied.add((s.a, s.b))
+    table = {k: uf.find(k) for k in list(uf.parent)}
+    decided = [replace(s, merge=(s.a, s.b) in applied) for s in scores]
+    return table, decided
 
 
 def apply_merges(labels: np.ndarray, table: dict[int, int]) -> np.ndarray:

@@ -20,7 +20,8 @@ rule clean_up:
         mem_mb=8000,
     params:
         dataset=dataset_params("mask"),
-        agglomeration=config["agglomeration"],
+        consensus=config["agglomeration"]["consensus"],
+        cleanup=config["agglomeration"]["cleanup"],
         masknet=masknet_use_params(),
         code=stage_code("agglomerate"),
     script:
@@ -40,7 +41,7 @@ rule find_decision_points:
     resources:
         mem_mb=8000,
     params:
-        resegmentation=config["agglomeration"]["resegmentation"],
+        resegmentation=resegmentation_scoring_params(),
         code=stage_code("agglomerate"),
     script:
         "../scripts/find_decision_points.py"
@@ -67,7 +68,7 @@ rule score_pairs:
     params:
         dataset=dataset_params(*IMAGE_KEYS),
         ffn=config["ffn"],
-        resegmentation=config["agglomeration"]["resegmentation"],
+        resegmentation=resegmentation_scoring_params(),
         code=stage_code("agglomerate"),
     script:
         "../scripts/score_pairs.py"
@@ -89,6 +90,7 @@ rule agglomerate:
     resources:
         mem_mb=8000,
     params:
+        resegmentation=config["agglomeration"]["resegmentation"],
         code=stage_code("agglomerate"),
     script:
         "../scripts/agglomerate.py"

@@ -4,6 +4,7 @@ import os
 
 from ffnflow.codehash import code_fingerprint
 from ffnflow.config import dataset_config, validate_config
+from ffnflow.resegmentation import MERGE_DECISION_KEYS
 from ffnflow.stages.common import block_grid, open_raw
 
 config.update(validate_config(config))
@@ -147,6 +148,13 @@ def dataset_params(*keys):
 
 
 IMAGE_KEYS = ("raw", "mask", "resolution_nm", "image_mean", "image_stddev")
+
+
+def resegmentation_scoring_params():
+    """The resegmentation options the decision points and local FFN runs depend on: all
+    but the merge decision's (changing a merge threshold reruns only ``agglomerate``)."""
+    reseg = config["agglomeration"]["resegmentation"]
+    return {k: v for k, v in reseg.items() if k not in MERGE_DECISION_KEYS}
 
 
 def stage_code(stage):

@@ -16,6 +16,7 @@ from ffnflow.agglomerate import (
 from ffnflow.errors import InputError
 from ffnflow.ffn.canvas import InferenceOptions
 from ffnflow.resegmentation import (
+    PairScore,
     ResegmentationOptions,
     apply_merges,
     decision_points,
@@ -135,7 +136,8 @@ def test_resegmentation_merges_the_split_and_not_the_neighbour(tmp_path):
     assert [s.merge for s in scores] == [True, False, False]
     assert scores[0].iou > 0.9 and scores[1].iou < 0.1 and scores[0].fov_evaluations > 0
 
-    table = merge_table(scores)
+    table, decided = merge_table(scores, options, {1: 4000, 2: 4000, 3: 9000})
+    assert decided == scores
     merged = apply_merges(labels, table)
     assert set(np.unique(merged)) == {0, 1, 3}
     assert labels.max() == 3 and 2 in labels  # input untouched
@@ -144,6 +146,30 @@ def test_resegmentation_merges_the_split_and_not_the_neighbour(tmp_path):
     assert read_points_csv(tmp_path / "p.csv") == points
     write_scores_csv(tmp_path / "s.csv", scores)
     assert read_scores_csv(tmp_path / "s.csv") == scores
+
+
+def _scored(a, b, iou):
+    return PairScore(a, b, 0, 0, 0, 100, iou, 0.9, 0.9, 0.0, 1, 10, True)
+
+
+def test_two_large_segments_are_not_merged_through_a_small_one():
+    """A small fragment (3) that the runs join to two large segments (1, 2) goes with the
+    stronger one; 1 and 2 merge only on their own pair's evidence."""
+    options = ResegmentationOptions(large_segment_voxels=5000)
+    voxels = {1: 50000, 2: 40000, 3: 800, 4: 60000, 5: 700}
+    scores = [_scored(1, 3, 0.9), _scored(2, 3, 0.8), _scored(4, 5, 0.5), _scored(2, 5, 0.2)]
+    table, decided = merge_table(scores, options, voxels)
+    assert [s.merge for s in decided] == [True, False, True, False]  # 2-5 below merge_iou
+    assert table[3] == table[1] and table[5] == table[4]
+    assert table.get(2, 2) not in (table[1], table[4])
+    # The same chain with a direct pair of the two large segments merges all three.
+    table, decided = merge_table([*scores, _scored(1, 2, 0.3)], options, voxels)
+    assert [s.merge for s in decided] == [True, False, True, False, True]
+    assert table[1] == table[2] == table[3]
+    # Without the limit the fragment joins both.
+    unlimited = ResegmentationOptions(large_segment_voxels=0)
+    table, decided = merge_table(scores, unlimited, voxels)
+    assert table[1] == table[2] == table[3] and sum(s.merge for s in decided) == 3
 
 
 def test_decision_points_prune_small_segments_and_small_contacts():

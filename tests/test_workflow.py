@@ -116,6 +116,11 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
         "publish_segmentation",
         "evaluate",
     }, jobs
+    # Changing a merge threshold reruns the merging, not the resegmentation's FFN runs.
+    merge_change = tmp_path / "merge_change.yaml"
+    merge_change.write_text(json.dumps({"agglomeration": {"resegmentation": {"merge_iou": 0.5}}}))
+    jobs = planned_jobs(work, [config, merge_change], "results/mydata/metrics.json")
+    assert jobs == {"agglomerate", "publish_segmentation", "evaluate"}, jobs
     # Changing only what evaluation uses reruns only the evaluation.
     with h5py.File(tiny_em, "a") as f:
         f["labels_v2"] = f["labels"][...]

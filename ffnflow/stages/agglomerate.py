@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import fastremap
 import numpy as np
 
 from ffnflow.agglomerate import CleanupOptions, clean_up, intersection_consensus
@@ -29,6 +30,7 @@ from ffnflow.resegmentation import (
     apply_merges,
     decision_points,
     merge_table,
+    passes_merge_thresholds,
     read_points_csv,
     read_scores_csv,
     score_pair,
@@ -187,21 +189,35 @@ def run_agglomerate(
     pairs_csv: str | Path,
     counters_json: str | Path,
 ) -> dict[str, Any]:
-    """Merge the pairs the local runs agree on; write the merged labels and all pairs."""
+    """Merge the pairs the local runs agree on; write the merged labels and all pairs.
+
+    The merge decisions are taken here from the scores and the ``agglomeration.
+    resegmentation`` thresholds (:func:`~ffnflow.resegmentation.merge_table`), so changing
+    a threshold reruns only this step. In ``pairs_csv`` ``merge`` says whether the pair
+    was merged.
+    """
     dataset = dataset_config(config, dataset_name)
+    options = resegmentation_options(config)
     scores = sorted((s for f in score_files for s in read_scores_csv(f)), key=lambda s: (s.a, s.b))
     labels = read_volume(f"{cleaned_h5}:labels")
-    table = merge_table(scores)
+    ids, counts = fastremap.unique(labels, return_counts=True)
+    voxels = {int(i): int(c) for i, c in zip(ids, counts) if i}
+    table, decided = merge_table(scores, options, voxels)
     merged = apply_merges(labels, table)
+    passing = sum(
+        passes_merge_thresholds(s.iou, s.consistency_a, s.consistency_b, s.deleted, options)
+        for s in scores
+    )
     counters = {
         "pairs_examined": len(scores),
-        "pairs_merged": int(sum(s.merge for s in scores)),
+        "pairs_passing_thresholds": int(passing),
+        "pairs_merged": int(sum(s.merge for s in decided)),
         "segments_in": int(np.count_nonzero(np.unique(labels))),
         "segments_out": int(np.count_nonzero(np.unique(merged))),
         "fov_evaluations": int(sum(s.fov_evaluations for s in scores)),
         "seed_tries": int(sum(s.seed_tries for s in scores)),
     }
-    write_scores_csv(pairs_csv, scores)
+    write_scores_csv(pairs_csv, decided)
     _write_labels(out_h5, merged, dataset.resolution_nm, counters=json.dumps(counters))
     write_json_atomic(counters_json, counters)
     log.info("agglomeration of %s: %s", dataset_name, json.dumps(counters))
