@@ -5,7 +5,8 @@ Follows the reference's ``resegmentation`` / ``resegmentation_analysis``:
 1. :func:`decision_points`: every pair of segments A, B that touch (after growing labels by
    ``max_gap_voxels`` into unlabelled voxels, since FFN segments leave thin gaps) with a
    contact of at least ``min_contact_faces`` faces and both at least ``min_segment_voxels``
-   gets one decision point: the contact voxel farthest from everything that is neither A
+   gets a decision point on each separate contact of that size (at most
+   ``max_points_per_pair``): the contact voxel farthest from everything that is neither A
    nor B (the middle of the widest part of the contact).
 2. :func:`score_pair`: around the point, A and B are cleared (other segments stay and
    block the flood) and the FFN, its FOV centres kept within ``radius_zyx`` of the point
@@ -15,7 +16,7 @@ Follows the reference's ``resegmentation`` / ``resegmentation_analysis``:
    Within the analysis box (``analysis_radius_zyx``) the pair is scored by the IoU of the
    two runs, each run's consistency with its own segment (fraction of it recovered) and the
    fraction of A∪B that neither run covers (deleted).
-3. :func:`merge_table`: pairs with IoU >= ``merge_iou``, both consistencies >=
+3. :func:`merge_table`: pairs with a point of IoU >= ``merge_iou``, both consistencies >=
    ``min_consistency`` and deleted <= ``max_deleted`` are merged, strongest IoU first,
    with a union-find; two groups that both hold ``large_segment_voxels`` are joined only
    through a pair of two such segments, never through a smaller segment between them (a
@@ -32,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import cc3d
 import edt
 import fastremap
 import numpy as np
@@ -62,6 +64,7 @@ class ResegmentationOptions:
     min_consistency: float = 0.4
     max_deleted: float = 0.1
     large_segment_voxels: int = 20000
+    max_points_per_pair: int = 4
 
     def __post_init__(self) -> None:
         for name in ("radius_zyx", "analysis_radius_zyx"):
@@ -111,7 +114,8 @@ def decision_points(
     options: ResegmentationOptions,
     resolution_nm: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> list[DecisionPoint]:
-    """One decision point per touching pair of large-enough segments, sorted by (a, b)."""
+    """Decision points of every touching pair of large-enough segments (one per separate
+    contact, largest first), sorted by (a, b)."""
     if labels.ndim != 3:
         raise InputError(f"decision_points: expected 3D z,y,x labels, got {labels.shape}")
     labels = np.asarray(labels, dtype=np.uint64)
@@ -148,18 +152,22 @@ def decision_points(
             continue
         if min(size.get(a, 0), size.get(b, 0)) < options.min_segment_voxels:
             continue
-        out.append(_deepest_contact_point(grown, a, b, points[start:stop], n_faces, resolution_nm))
+        out.extend(_contact_points(grown, a, b, points[start:stop], options, resolution_nm))
     return out
 
 
-def _deepest_contact_point(
+def _contact_points(
     grown: np.ndarray,
     a: int,
     b: int,
     contact: np.ndarray,
-    n_faces: int,
+    options: ResegmentationOptions,
     resolution_nm: tuple[float, float, float],
-) -> DecisionPoint:
+) -> list[DecisionPoint]:
+    """The decision points of one pair: the deepest voxel of each separate contact (26-
+    connected face voxels) with >= ``min_contact_faces`` faces, largest contact first, at
+    most ``max_points_per_pair``; a pair whose contact is only fragments gets the deepest
+    voxel of all of them. ``contact_faces`` is the size of the point's own contact."""
     lo = np.maximum(contact.min(axis=0) - 8, 0)
     hi = np.minimum(contact.max(axis=0) + 9, grown.shape)
     crop = grown[tuple(slice(int(s), int(e)) for s, e in zip(lo, hi))]
@@ -167,8 +175,27 @@ def _deepest_contact_point(
     depth = edt.edt(np.ascontiguousarray(union), anisotropy=resolution_nm, black_border=True)
     local = contact - lo
     values = depth[local[:, 0], local[:, 1], local[:, 2]]
-    best = contact[int(np.argmax(values))]  # first of the deepest, in (z, y, x) face order
-    return DecisionPoint(a, b, int(best[0]), int(best[1]), int(best[2]), n_faces)
+    marks = np.zeros(crop.shape, dtype=np.uint8)
+    marks[local[:, 0], local[:, 1], local[:, 2]] = 1
+    pieces = cc3d.connected_components(marks, connectivity=26)
+    piece = pieces[local[:, 0], local[:, 1], local[:, 2]].astype(np.int64)
+    faces = np.bincount(piece)  # faces per contact (a voxel may hold up to 3 faces)
+    order = sorted(
+        (int(p) for p in np.flatnonzero(faces >= options.min_contact_faces)),
+        key=lambda p: (-int(faces[p]), p),
+    )
+    if not order:
+        groups = [(np.arange(len(contact)), len(contact))]
+    else:
+        groups = [
+            (np.flatnonzero(piece == p), int(faces[p]))
+            for p in order[: options.max_points_per_pair]
+        ]
+    out = []
+    for members, n_faces in groups:
+        best = contact[members[int(np.argmax(values[members]))]]  # first deepest, face order
+        out.append(DecisionPoint(a, b, int(best[0]), int(best[1]), int(best[2]), n_faces))
+    return out
 
 
 def _box(center: Zyx, radius: Iterable[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -304,27 +331,29 @@ def merge_table(
     options: ResegmentationOptions,
     segment_voxels: dict[int, int],
 ) -> tuple[dict[int, int], list[PairScore]]:
-    """Decide the merges of scored pairs; returns the relabel table (segment id -> a
-    representative of its merged group) and every pair with ``merge`` = applied.
+    """Decide the merges of scored decision points; returns the relabel table (segment id
+    -> a representative of its merged group) and every score with ``merge`` = applied.
 
-    Pairs passing :func:`passes_merge_thresholds` are joined strongest IoU first. A join of
-    two groups that both hold at least ``large_segment_voxels`` (0: no limit) is refused
-    unless both segments of the pair itself are that large. ``segment_voxels``: voxels
-    per segment id.
+    Points passing :func:`passes_merge_thresholds` join their pair, strongest IoU first (a
+    pair with several contacts merges when one of its points passes). A join of two groups
+    that both hold at least ``large_segment_voxels`` (0: no limit) is refused unless both
+    segments of the pair itself are that large. ``segment_voxels``: voxels per segment id.
     """
+    scores = list(scores)
     large = options.large_segment_voxels
     uf = UnionFind()
     group_voxels: dict[int, int] = {}
-    applied: set[tuple[int, int]] = set()
+    applied: set[int] = set()  # indices into scores
     passing = [
-        s
-        for s in scores
+        i
+        for i, s in enumerate(scores)
         if passes_merge_thresholds(s.iou, s.consistency_a, s.consistency_b, s.deleted, options)
     ]
-    for s in sorted(passing, key=lambda s: (-s.iou, s.a, s.b)):
+    for i in sorted(passing, key=lambda i: (-scores[i].iou, scores[i].a, scores[i].b, i)):
+        s = scores[i]
         ra, rb = uf.find(s.a), uf.find(s.b)
         if ra == rb:
-            applied.add((s.a, s.b))
+            applied.add(i)
             continue
         va = group_voxels.get(ra, segment_voxels.get(s.a, 0))
         vb = group_voxels.get(rb, segment_voxels.get(s.b, 0))
@@ -333,9 +362,9 @@ def merge_table(
             continue
         uf.union(s.a, s.b)
         group_voxels[uf.find(s.a)] = va + vb
-        applied.add((s.a, s.b))
+        applied.add(i)
     table = {k: uf.find(k) for k in list(uf.parent)}
-    decided = [replace(s, merge=(s.a, s.b) in applied) for s in scores]
+    decided = [replace(s, merge=i in applied) for i, s in enumerate(scores)]
     return table, decided
 
 

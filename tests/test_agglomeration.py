@@ -1,5 +1,7 @@
 """Consensus, clean-up and resegmentation agglomeration on synthetic volumes."""
 
+from dataclasses import astuple, replace
+
 import cc3d
 import edt
 import numpy as np
@@ -172,6 +174,27 @@ def test_two_large_segments_are_not_merged_through_a_small_one():
     assert table[1] == table[2] == table[3] and sum(s.merge for s in decided) == 3
 
 
+def test_a_pair_touching_in_two_places_gets_a_point_on_each_contact():
+    """A U-shaped segment touches a bar twice: one decision point per contact, the larger
+    first; max_points_per_pair caps them; the pair merges when one point passes."""
+    labels = np.zeros((20, 40, 40), np.uint64)
+    labels[:, 5:15, 5:35] = 1  # the bar
+    labels[:, 16:35, 5:12] = 2  # the U's left arm, touching the bar over 7 voxels of x
+    labels[:, 16:35, 25:35] = 2  # the right arm, 10 voxels of x
+    labels[:, 28:35, 12:25] = 2  # the U's bottom, far from the bar
+    options = ResegmentationOptions(max_gap_voxels=1, min_contact_faces=20, min_segment_voxels=100)
+    points = decision_points(labels, options)
+    assert [(p.a, p.b) for p in points] == [(1, 2), (1, 2)]
+    assert points[0].contact_faces > points[1].contact_faces
+    assert 25 <= points[0].x < 35 and 5 <= points[1].x < 12
+    assert decision_points(labels, replace(options, max_points_per_pair=1)) == points[:1]
+    # The first contact fails, the second passes: the pair merges, only that row says so.
+    fail = PairScore(*astuple(points[0]), 0.0, 0.9, 0.9, 0.0, 1, 10, False)
+    passed = PairScore(*astuple(points[1]), 0.7, 0.9, 0.9, 0.0, 1, 10, True)
+    table, decided = merge_table([fail, passed], options, {1: 6000, 2: 5000})
+    assert table[1] == table[2] and [s.merge for s in decided] == [False, True]
+
+
 def test_decision_points_prune_small_segments_and_small_contacts():
     _, labels = two_tubes()
     assert decision_points(labels, ResegmentationOptions(min_segment_voxels=10**6)) == []
@@ -207,3 +230,39 @@ def test_resegmentation_at_a_mirrored_volume_border_can_merge():
         padded, np.pad(labels, pad), shifted, ConnectedOracle(), inference, options, mask
     )
     assert mirrored.merge and mirrored.iou > 0.9
+
+
+def test_scoring_in_processes_equals_scoring_in_one(tmp_path, tiny_em):
+    """run_score_pairs with 2 threads on the CPU scores in 2 single-threaded processes; the
+    scores and their order are those of one process."""
+    from ffnflow.config import validate_config
+    from ffnflow.stages.agglomerate import run_find_decision_points, run_score_pairs
+
+    config = validate_config(
+        {
+            "datasets": {"d": {"raw": f"{tiny_em}:raw", "resolution_nm": [10, 10, 10]}},
+            "ffn": {"device": "cpu", "progress": False},
+            "agglomeration": {
+                "resegmentation": {
+                    "min_segment_voxels": 500,
+                    "radius_zyx": [4, 4, 4],
+                    "analysis_radius_zyx": [4, 4, 4],
+                }
+            },
+        }
+    )
+    all_points = tmp_path / "all_points.csv"
+    run_find_decision_points(config, "d", tiny_em, all_points)  # the GT labels as segments
+    inner = [p for p in read_points_csv(all_points) if all(14 <= c < 34 for c in p.point)]
+    points = inner[:3]  # with a whole FOV of image around them
+    assert len(points) == 3
+    write_points_csv(tmp_path / "points.csv", points)
+    one = run_score_pairs(
+        config, "d", "z0_y0_x0", tiny_em, tmp_path / "points.csv", tmp_path / "one.csv", threads=1
+    )
+    two = run_score_pairs(
+        config, "d", "z0_y0_x0", tiny_em, tmp_path / "points.csv", tmp_path / "two.csv", threads=2
+    )
+    assert [(s.a, s.b) for s in one] == [(p.a, p.b) for p in points]
+    assert one == two and sum(s.fov_evaluations for s in one) > 0
+    assert read_scores_csv(tmp_path / "two.csv") == two
