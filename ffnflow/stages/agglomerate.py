@@ -214,7 +214,7 @@ def run_score_pairs(
     def report(score: PairScore) -> None:
         scores.append(score)
         log.info(
-            "pair %d/%d (%d, %d): IoU %.2f, consistency %.2f/%.2f, deleted %.2f, %d FOVs -> %s",
+            "point %d/%d, pair (%d, %d): IoU %.2f, consistency %.2f/%.2f, deleted %.2f, %d FOVs -> %s",
             len(scores),
             len(points),
             score.a,
@@ -232,7 +232,9 @@ def run_score_pairs(
         for point in points:
             report(scorer.score(point))
     else:
-        log.info("scoring %d pairs in %d single-threaded processes", len(points), processes)
+        log.info(
+            "scoring %d decision points in %d single-threaded processes", len(points), processes
+        )
         context = multiprocessing.get_context("spawn")  # no fork of torch's thread pools
         initargs = (config, dataset_name, str(cleaned_h5), 1, mask_h5)
         try:
@@ -247,7 +249,7 @@ def run_score_pairs(
             ) from exc
     write_scores_csv(scores_csv, scores)
     log.info(
-        "block %s: %d pairs scored, %d merges, %d FOVs in %.1f s",
+        "block %s: %d decision points scored, %d pass the merge thresholds, %d FOVs in %.1f s",
         block_id,
         len(scores),
         sum(s.merge for s in scores),
