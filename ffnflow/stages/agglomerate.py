@@ -183,8 +183,9 @@ def _score_in_worker(point: DecisionPoint) -> PairScore:
 
 def scoring_processes(config: dict[str, Any], threads: int | None) -> int:
     """Worker processes for scoring on ``threads`` cores: one single-threaded process per
-    core on the CPU (two processes score 1.5x the pairs per minute of one process with two
-    threads: the local runs' small convolutions scale poorly across threads), else 1."""
+    core on the CPU (on FIB-25, two processes scored 23 decision points per minute, one
+    process with two threads about 15: the local runs' small convolutions scale poorly
+    across threads), else 1."""
     device = resolve_device(config["ffn"]["device"])
     return max(int(threads or 1), 1) if device.type == "cpu" else 1
 
