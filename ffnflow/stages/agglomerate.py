@@ -225,7 +225,7 @@ def run_score_pairs(
             score.consistency_b,
             score.deleted,
             score.fov_evaluations,
-            "merge" if score.merge else "keep",
+            "passes" if score.merge else "fails",
         )
 
     if processes <= 1:
@@ -273,8 +273,8 @@ def run_agglomerate(
 
     The merge decisions are taken here from the scores and the ``agglomeration.
     resegmentation`` thresholds (:func:`~ffnflow.resegmentation.merge_table`), so changing
-    a threshold reruns only this step. In ``pairs_csv`` ``merge`` says whether the pair
-    was merged.
+    a threshold reruns only this step. ``pairs_csv`` has one row per decision point;
+    ``merge`` says whether that point merged its pair.
     """
     dataset = dataset_config(config, dataset_name)
     options = resegmentation_options(config)
