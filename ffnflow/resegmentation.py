@@ -12,10 +12,11 @@ Follows the reference's ``resegmentation`` / ``resegmentation_analysis``:
    block the flood) and the FFN, its FOV centres kept within ``radius_zyx`` of the point
    (the FOV itself reaches further), floods once from a seed in A
    and once from a seed in B (the voxel deepest inside the segment near the point; retried
-   from other seeds while the run recovers less than ``min_recovery`` of its segment).
-   Within the analysis box (``analysis_radius_zyx``) the pair is scored by the IoU of the
-   two runs, each run's consistency with its own segment (fraction of it recovered) and the
-   fraction of A∪B that neither run covers (deleted).
+   from other seeds while the run recovers less than ``min_recovery`` of its segment):
+   :func:`resegment_point`. Within the analysis box (``analysis_radius_zyx``) the pair is
+   scored by the IoU of the two runs, each run's consistency with its own segment
+   (fraction of it recovered) and the fraction of A∪B that neither run covers (deleted):
+   :func:`compare_runs`, at the FFN's ``segment_threshold``.
 3. :func:`merge_table`: pairs with a point of IoU >= ``merge_iou``, both consistencies >=
    ``min_consistency`` and deleted <= ``max_deleted`` are merged, strongest IoU first,
    with a union-find; two groups that both hold ``large_segment_voxels`` are joined only
@@ -37,6 +38,7 @@ import cc3d
 import edt
 import fastremap
 import numpy as np
+from scipy.special import logit
 from skimage.segmentation import expand_labels
 
 from ffnflow.atomic import atomic_output
@@ -224,7 +226,35 @@ def _seed_candidates(segment: np.ndarray, center: Zyx, options: ResegmentationOp
     return seeds
 
 
-def score_pair(
+@dataclass(frozen=True)
+class LocalRuns:
+    """The two local FFN runs of one decision point, cropped to its analysis box (z, y, x).
+
+    ``logits_a`` / ``logits_b``: POM logits of the runs seeded in A and in B (NaN where
+    no FOV predicted); ``is_a`` / ``is_b``: the original segments; ``claimable``: voxels a
+    run may hold (not another segment, not a forbidden voxel).
+    """
+
+    logits_a: np.ndarray
+    logits_b: np.ndarray
+    is_a: np.ndarray
+    is_b: np.ndarray
+    claimable: np.ndarray
+    seed_tries: int
+    fov_evaluations: int
+
+
+@dataclass(frozen=True)
+class RunAgreement:
+    """How two local runs agree in the analysis box (fractions 0..1)."""
+
+    iou: float
+    consistency_a: float
+    consistency_b: float
+    deleted: float
+
+
+def resegment_point(
     image: np.ndarray,
     labels: np.ndarray,
     point: DecisionPoint,
@@ -232,13 +262,13 @@ def score_pair(
     inference: InferenceOptions,
     options: ResegmentationOptions,
     movement_mask: np.ndarray | None = None,
-) -> PairScore:
-    """Resegment one decision point; ``image`` normalised float32 and ``labels`` z, y, x.
+) -> LocalRuns:
+    """Flood once from a seed in A and once from a seed in B around one decision point.
 
-    ``predictor`` is a :class:`~ffnflow.ffn.predictor.FovPredictor` (or alike).
-    ``movement_mask`` (bool, z, y, x; True = forbidden), as in the FFN stage: no FOV
-    centre goes there and its voxels belong to neither run (excluded voxels, a mirrored
-    volume border).
+    ``image`` normalised float32 and ``labels`` z, y, x; ``predictor`` is a
+    :class:`~ffnflow.ffn.predictor.FovPredictor` (or alike). ``movement_mask`` (bool, z,
+    y, x; True = forbidden), as in the FFN stage: no FOV centre goes there and its voxels
+    belong to neither run (excluded voxels, a mirrored volume border).
     """
     margin = np.asarray(predictor.fov_size_zyx) // 2
     center = point.point
@@ -260,6 +290,7 @@ def score_pair(
     seedable[tuple(slice(int(m), int(n - m)) for m, n in zip(margin, lab.shape))] = True
     seedable &= ~outside
     analysis = _box(local_center, options.analysis_radius_zyx, lab.shape)
+    claimable = ~others & ~forbidden
 
     fovs = 0
     tries = 0
@@ -276,23 +307,50 @@ def score_pair(
                 continue
             canvas.segment_at(seed)
             fovs += int(canvas.counters["fov_evaluations"])
-            region = (canvas.pom >= canvas.segment_logit) & ~others & ~forbidden
-            recovery = float((region[analysis] & seg_in_box).sum()) / total
+            logits = canvas.pom[analysis]
+            region = (logits >= canvas.segment_logit) & claimable[analysis]
+            recovery = float((region & seg_in_box).sum()) / total
             if recovery > best_recovery:
-                best, best_recovery = region, recovery
+                best, best_recovery = logits.copy(), recovery
             if recovery >= options.min_recovery:
                 break
-        runs.append(best if best is not None else np.zeros(lab.shape, dtype=bool))
+        runs.append(best if best is not None else np.full(seg_in_box.shape, np.nan, np.float32))
+    return LocalRuns(
+        runs[0], runs[1], is_a[analysis], is_b[analysis], claimable[analysis], tries, fovs
+    )
 
-    ra, rb = runs[0][analysis], runs[1][analysis]
-    a_box, b_box = is_a[analysis], is_b[analysis]
+
+def compare_runs(runs: LocalRuns, threshold: float) -> RunAgreement:
+    """Agreement of the two runs, each taken as its voxels with POM >= ``threshold`` (0..1):
+    their IoU, each run's consistency with its own segment (fraction of it recovered) and
+    the fraction of A|B that neither run covers (deleted)."""
+    t = float(logit(threshold))
+    with np.errstate(invalid="ignore"):
+        ra = (runs.logits_a >= t) & runs.claimable
+        rb = (runs.logits_b >= t) & runs.claimable
     union = int((ra | rb).sum())
-    iou = float((ra & rb).sum()) / union if union else 0.0
-    cons_a = float((ra & a_box).sum()) / max(int(a_box.sum()), 1)
-    cons_b = float((rb & b_box).sum()) / max(int(b_box.sum()), 1)
-    ab = a_box | b_box
-    deleted = float((ab & ~(ra | rb)).sum()) / max(int(ab.sum()), 1)
-    merge = passes_merge_thresholds(iou, cons_a, cons_b, deleted, options)
+    ab = runs.is_a | runs.is_b
+    return RunAgreement(
+        iou=float((ra & rb).sum()) / union if union else 0.0,
+        consistency_a=float((ra & runs.is_a).sum()) / max(int(runs.is_a.sum()), 1),
+        consistency_b=float((rb & runs.is_b).sum()) / max(int(runs.is_b.sum()), 1),
+        deleted=float((ab & ~(ra | rb)).sum()) / max(int(ab.sum()), 1),
+    )
+
+
+def score_pair(
+    image: np.ndarray,
+    labels: np.ndarray,
+    point: DecisionPoint,
+    predictor,
+    inference: InferenceOptions,
+    options: ResegmentationOptions,
+    movement_mask: np.ndarray | None = None,
+) -> PairScore:
+    """Resegment one decision point (:func:`resegment_point`, same arguments) and score
+    the runs at the FFN's ``segment_threshold`` (:func:`compare_runs`)."""
+    runs = resegment_point(image, labels, point, predictor, inference, options, movement_mask)
+    agree = compare_runs(runs, inference.segment_threshold)
     return PairScore(
         point.a,
         point.b,
@@ -300,13 +358,17 @@ def score_pair(
         point.y,
         point.x,
         point.contact_faces,
-        round(iou, 4),
-        round(cons_a, 4),
-        round(cons_b, 4),
-        round(deleted, 4),
-        tries,
-        fovs,
-        bool(merge),
+        round(agree.iou, 4),
+        round(agree.consistency_a, 4),
+        round(agree.consistency_b, 4),
+        round(agree.deleted, 4),
+        runs.seed_tries,
+        runs.fov_evaluations,
+        bool(
+            passes_merge_thresholds(
+                agree.iou, agree.consistency_a, agree.consistency_b, agree.deleted, options
+            )
+        ),
     )
 
 

@@ -6,6 +6,7 @@ import cc3d
 import edt
 import numpy as np
 import pytest
+from scipy.special import logit
 
 from ffnflow.agglomerate import (
     CleanupOptions,
@@ -18,9 +19,11 @@ from ffnflow.agglomerate import (
 from ffnflow.errors import InputError
 from ffnflow.ffn.canvas import InferenceOptions
 from ffnflow.resegmentation import (
+    LocalRuns,
     PairScore,
     ResegmentationOptions,
     apply_merges,
+    compare_runs,
     decision_points,
     merge_table,
     read_points_csv,
@@ -266,3 +269,25 @@ def test_scoring_in_processes_equals_scoring_in_one(tmp_path, tiny_em):
     assert [(s.a, s.b) for s in one] == [(p.a, p.b) for p in points]
     assert one == two and sum(s.fov_evaluations for s in one) > 0
     assert read_scores_csv(tmp_path / "two.csv") == two
+
+
+def test_compare_runs_reads_both_runs_at_the_given_pom_threshold():
+    # 1 x 1 x 10 box: A = voxels 0-4, B = 5-9; voxel 9 belongs to neither run (claimable).
+    is_a = np.zeros((1, 1, 10), bool)
+    is_a[..., :5] = True
+    # Run from A: sure of A, unsure (POM 0.4) of voxels 5-6, never predicted 7-9.
+    run_a = np.full((1, 1, 10), np.nan, np.float32)
+    run_a[..., :5], run_a[..., 5:7] = logit(0.9), logit(0.4)
+    # Run from B: sure of 3-8, 0.4 on 1-2, 0.1 on 0.
+    run_b = np.full((1, 1, 10), logit(0.9), np.float32)
+    run_b[..., 0], run_b[..., 1:3] = logit(0.1), logit(0.4)
+    claimable = np.ones((1, 1, 10), bool)
+    claimable[..., 9] = False
+    runs = LocalRuns(run_a, run_b, is_a, ~is_a, claimable, seed_tries=2, fov_evaluations=7)
+    at_06 = compare_runs(runs, 0.6)  # A-run 0-4, B-run 3-8: 2 shared of 9
+    assert at_06.iou == pytest.approx(2 / 9)
+    assert at_06.consistency_a == 1.0 and at_06.consistency_b == pytest.approx(4 / 5)
+    assert at_06.deleted == pytest.approx(1 / 10)  # voxel 9
+    at_03 = compare_runs(runs, 0.3)  # A-run 0-6, B-run 1-8: 6 shared of 9
+    assert at_03.iou == pytest.approx(6 / 9)
+    assert at_03.consistency_b == pytest.approx(4 / 5) and at_03.deleted == pytest.approx(0.1)

@@ -115,8 +115,9 @@ def run_find_decision_points(
     return len(points)
 
 
-class _PairScorer:
-    """Scores decision points of one dataset: the FFN, the cleaned labels and the inputs."""
+class PairScorer:
+    """Scores decision points of one dataset: the FFN, the cleaned labels and the inputs
+    (``threads``: torch threads; ``mask_h5``: the mask net output, when enabled)."""
 
     def __init__(
         self,
@@ -139,7 +140,12 @@ class _PairScorer:
         self.reach = np.asarray(self.options.radius_zyx) + np.asarray(self.fov_size) // 2
         self.mask_h5 = mask_h5
 
-    def score(self, point: DecisionPoint) -> PairScore:
+    def local_inputs(
+        self, point: DecisionPoint
+    ) -> tuple[np.ndarray, np.ndarray, DecisionPoint, np.ndarray | None]:
+        """The normalised image, cleaned labels and movement mask (z, y, x) around
+        ``point`` as the FFN stage saw them (volume border included), and the point in
+        their coordinates."""
         shape = self.labels_volume.shape
         lo = np.maximum(np.asarray(point.point) - self.reach, 0)
         hi = np.minimum(np.asarray(point.point) + self.reach + 1, shape)
@@ -156,10 +162,15 @@ class _PairScorer:
             labels = np.pad(labels, pad)
             shift = np.array([before for before, _ in pad])
         z, y, x = (int(v) for v in np.asarray(point.point) - lo + shift)
+        return image, labels, replace(point, z=z, y=y, x=x), movement_mask
+
+    def score(self, point: DecisionPoint) -> PairScore:
+        """One decision point scored by :func:`~ffnflow.resegmentation.score_pair`."""
+        image, labels, local, movement_mask = self.local_inputs(point)
         score = score_pair(
             image,
             labels,
-            replace(point, z=z, y=y, x=x),
+            local,
             self.predictor,
             self.inference,
             self.options,
@@ -168,12 +179,12 @@ class _PairScorer:
         return replace(score, z=point.z, y=point.y, x=point.x)
 
 
-_worker_scorer: _PairScorer | None = None
+_worker_scorer: PairScorer | None = None
 
 
 def _start_worker(*args: Any) -> None:
     global _worker_scorer
-    _worker_scorer = _PairScorer(*args)
+    _worker_scorer = PairScorer(*args)
 
 
 def _score_in_worker(point: DecisionPoint) -> PairScore:
@@ -229,7 +240,7 @@ def run_score_pairs(
         )
 
     if processes <= 1:
-        scorer = _PairScorer(config, dataset_name, cleaned_h5, threads, mask_h5)
+        scorer = PairScorer(config, dataset_name, cleaned_h5, threads, mask_h5)
         for point in points:
             report(scorer.score(point))
     else:
