@@ -45,6 +45,7 @@ from ffnflow.resegmentation import (
     PairScore,
     apply_merges,
     compare_runs,
+    contact_faces,
     merge_table,
     resegment_point,
 )
@@ -89,17 +90,8 @@ def contact_boundary(
 ) -> dict[tuple[int, int], float]:
     """Mean boundary probability over the contact faces of every touching pair (a < b)."""
     grown = expand_labels(labels, gap) if gap > 0 else labels
-    keys, values = [], []
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        u, v = grown[tuple(lo)], grown[tuple(hi)]
-        face = (u != v) & (u > 0) & (v > 0)
-        a, b = np.minimum(u[face], v[face]), np.maximum(u[face], v[face])
-        keys.append(np.stack([a, b], 1))
-        values.append(np.maximum(boundary[tuple(lo)][face], boundary[tuple(hi)][face]))
-    pairs, probs = np.concatenate(keys), np.concatenate(values)
+    pairs, first, second = contact_faces(grown)
+    probs = np.maximum(boundary[tuple(first.T)], boundary[tuple(second.T)])
     uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
     sums = np.bincount(inverse.ravel(), weights=probs)
     counts = np.bincount(inverse.ravel())

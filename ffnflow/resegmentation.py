@@ -111,6 +111,26 @@ class PairScore(DecisionPoint):
     merge: bool
 
 
+def contact_faces(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every 6-neighbour face between two different nonzero labels of a z, y, x array.
+
+    Returns ``pairs`` (N, 2; a < b) and the voxels on the face's two sides, ``first`` (the
+    lower index) and ``second`` (N, 3 each; z, y, x), faces listed axis by axis.
+    """
+    keys, firsts, seconds = [], [], []
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        u, v = labels[tuple(lo)], labels[tuple(hi)]
+        face = (u != v) & (u > 0) & (v > 0)
+        first = np.stack(np.nonzero(face), axis=1)
+        keys.append(np.stack([np.minimum(u[face], v[face]), np.maximum(u[face], v[face])], 1))
+        firsts.append(first)
+        seconds.append(first + np.eye(3, dtype=first.dtype)[axis])
+    return np.concatenate(keys), np.concatenate(firsts), np.concatenate(seconds)
+
+
 def decision_points(
     labels: np.ndarray,
     options: ResegmentationOptions,
@@ -124,23 +144,9 @@ def decision_points(
     grown = expand_labels(labels, options.max_gap_voxels) if options.max_gap_voxels > 0 else labels
     ids, counts = fastremap.unique(labels, return_counts=True)
     size = dict(zip((int(i) for i in ids), (int(c) for c in counts)))
-    # All 6-neighbour faces between two different segments, as (a, b, voxel on the a side).
-    keys, coords = [], []
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        u, v = grown[tuple(lo)], grown[tuple(hi)]
-        face = (u != v) & (u > 0) & (v > 0)
-        idx = np.nonzero(face)
-        a = np.minimum(u[idx], v[idx])
-        b = np.maximum(u[idx], v[idx])
-        keys.append(np.stack([a, b], axis=1))
-        coords.append(np.stack(idx, axis=1))
-    if not keys or sum(len(k) for k in keys) == 0:
+    pairs, points, _ = contact_faces(grown)
+    if len(pairs) == 0:
         return []
-    pairs = np.concatenate(keys)
-    points = np.concatenate(coords)
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     pairs, points = pairs[order], points[order]
     bounds = np.flatnonzero(np.any(np.diff(pairs, axis=0) != 0, axis=1)) + 1

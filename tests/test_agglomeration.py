@@ -24,6 +24,7 @@ from ffnflow.resegmentation import (
     ResegmentationOptions,
     apply_merges,
     compare_runs,
+    contact_faces,
     decision_points,
     merge_table,
     read_points_csv,
@@ -291,3 +292,14 @@ def test_compare_runs_reads_both_runs_at_the_given_pom_threshold():
     at_03 = compare_runs(runs, 0.3)  # A-run 0-6, B-run 1-8: 6 shared of 9
     assert at_03.iou == pytest.approx(6 / 9)
     assert at_03.consistency_b == pytest.approx(4 / 5) and at_03.deleted == pytest.approx(0.1)
+
+
+def test_contact_faces_lists_each_face_once_with_the_voxels_on_both_sides():
+    labels = np.zeros((4, 5, 6), np.uint64)
+    labels[:, :, :3], labels[:, :2, 3:] = 7, 3  # 7 | 3 across x = 2/3 for y < 2
+    labels[0, 0, 0] = 0  # background touches nobody
+    pairs, first, second = contact_faces(labels)
+    assert len(pairs) == 4 * 2 and (pairs == [3, 7]).all()
+    assert (first[:, 2] == 2).all() and (second[:, 2] == 3).all()
+    assert (second - first == [0, 0, 1]).all()
+    assert set(map(tuple, first[:, :2])) == {(z, y) for z in range(4) for y in range(2)}
