@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 from skimage.segmentation import expand_labels
 
-from ffnflow.metrics import segmentation_metrics
+from ffnflow.metrics import majority_objects, segmentation_metrics
 from ffnflow.resegmentation import ResegmentationOptions, decision_points
 from ffnflow.stitch import UnionFind
 
@@ -54,12 +54,7 @@ def main() -> None:
 
     ids, counts = fastremap.unique(seg, return_counts=True)
     size = dict(zip(ids.tolist(), counts.tolist()))
-    majority = {}
-    for i in ids.tolist():
-        if i:
-            v = gt[seg == i]
-            v = v[v > 0]
-            majority[i] = int(np.bincount(v).argmax()) if v.size else -i
+    majority = majority_objects(seg, gt)  # 0: no labelled ground truth
     options = ResegmentationOptions(
         max_gap_voxels=args.gap, min_contact_faces=1, min_segment_voxels=0
     )
@@ -72,7 +67,7 @@ def main() -> None:
     for min_faces in (1, 25, 50):
         for min_voxels in (1000, 2000, 5000):
             examined = [(a, b) for a, b, f, s in pairs if f >= min_faces and s >= min_voxels]
-            same = [(a, b) for a, b in examined if majority[a] == majority[b]]
+            same = [(a, b) for a, b in examined if majority[a] and majority[a] == majority[b]]
             uf = UnionFind()
             for a, b in same:
                 uf.union(a, b)

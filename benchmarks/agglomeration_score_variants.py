@@ -39,7 +39,7 @@ import numpy as np
 from skimage.segmentation import expand_labels
 
 from ffnflow.config import load_config
-from ffnflow.metrics import segmentation_metrics
+from ffnflow.metrics import majority_objects, segmentation_metrics
 from ffnflow.resegmentation import (
     DecisionPoint,
     PairScore,
@@ -132,11 +132,7 @@ def main() -> None:
 
     ids, counts = fastremap.unique(seg, return_counts=True)
     voxels = {int(i): int(c) for i, c in zip(ids, counts) if i}
-    majority = {}
-    for i in voxels:
-        v = gt[seg == i]
-        v = v[v > 0]
-        majority[i] = int(np.bincount(v).argmax()) if v.size else 0
+    majority = majority_objects(seg, gt)
     base = segmentation_metrics(gt, seg)
     lines = [
         f"{len(points)} decision points of {args.cleaned} ({args.dataset}), re-run in "
