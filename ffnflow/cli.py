@@ -18,6 +18,8 @@ Examples (a volume small enough for one block has the block ``z0_y0_x0``)::
         --segmentation cleaned.h5 --points decision_points.csv --out pair_scores.csv
     ffnflow agglomerate --config config.yaml --dataset demo --segmentation cleaned.h5 \
         --scores pair_scores.csv --out agglomerated.h5 --pairs pairs.csv --counters c.json
+    ffnflow fill-membranes --config config.yaml --dataset demo --segmentation agglomerated.h5 \
+        --out filled.h5 --counters filled_counters.json
     ffnflow extract-graph --config config.yaml --dataset demo \
         --segmentation segmentation.h5 --out-dir results/demo
     ffnflow view --config config.yaml --dataset demo          # Neuroglancer on localhost
@@ -158,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True)
     p.add_argument("--counters", required=True)
 
+    p = sub.add_parser("fill-membranes", help="give unlabelled membrane voxels to a neighbour")
+    _add_config_args(p)
+    p.add_argument("--segmentation", required=True, help="labels HDF5 (e.g. agglomerated.h5)")
+    p.add_argument("--mask", default=None, help="the dataset's mask.h5 (when masknet.enabled)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--counters", required=True)
+
     p = sub.add_parser("extract-graph", help="connectome graph of a segmentation")
     _add_config_args(p)
     p.add_argument("--segmentation", required=True, help="labels HDF5 (segmentation.h5)")
@@ -264,6 +273,7 @@ STAGE4_5_COMMANDS = (
     "find-decision-points",
     "score-pairs",
     "agglomerate",
+    "fill-membranes",
     "extract-graph",
     "view",
 )
@@ -298,6 +308,10 @@ def _run_stage4_5(args: argparse.Namespace, config: dict) -> None:
             args.out,
             args.pairs,
             args.counters,
+        )
+    elif args.command == "fill-membranes":
+        agglomerate.run_fill_membranes(
+            config, args.dataset, args.segmentation, args.out, args.counters, args.mask
         )
     elif args.command == "extract-graph":
         from ffnflow.stages.connectome import run_extract_graph

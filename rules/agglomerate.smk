@@ -1,5 +1,6 @@
 # Stage 4: consensus and clean-up of the FFN pass, then agglomeration by resegmentation
-# (decision points, per-block scoring by local FFN runs, merging). The last stage's
+# (decision points, per-block scoring by local FFN runs, merging), then the membranes left
+# unlabelled between segments are given to a neighbour. The last stage's
 # labels are published as segmentation.h5 and a precomputed layer with meshes and skeletons.
 
 
@@ -94,6 +95,31 @@ rule agglomerate:
         code=stage_code("agglomerate"),
     script:
         "../scripts/agglomerate.py"
+
+
+rule fill_membranes:
+    input:
+        unpack(masknet_input),
+        segmentation=membrane_fill_input,
+    output:
+        segmentation=result("{dataset}", "filled.h5"),
+        counters=result("{dataset}", "filled_counters.json"),
+    log:
+        result("{dataset}", "logs/fill_membranes.log"),
+    benchmark:
+        result("{dataset}", "benchmarks/fill_membranes.tsv")
+    conda:
+        "../envs/ffnflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    params:
+        dataset=dataset_params(*IMAGE_KEYS),
+        membrane_fill=config["agglomeration"]["membrane_fill"],
+        masknet=masknet_use_params(),
+        code=stage_code("agglomerate"),
+    script:
+        "../scripts/fill_membranes.py"
 
 
 rule publish_segmentation:

@@ -117,7 +117,16 @@ def stage_segmentations(dataset):
     }
     if resegmentation_enabled():
         stages["agglomerated"] = result(dataset, "agglomerated.h5")
+    if config["agglomeration"]["membrane_fill"]["enabled"]:
+        stages["filled"] = result(dataset, "filled.h5")
     return stages
+
+
+def membrane_fill_input(wildcards):
+    """Input function: the stage before the membrane fill (agglomerated or cleaned)."""
+    stages = stage_segmentations(wildcards.dataset)
+    stages.pop("filled", None)
+    return list(stages.values())[-1]
 
 
 def final_stage(wildcards):

@@ -11,6 +11,7 @@ from scipy.special import logit
 from ffnflow.agglomerate import (
     CleanupOptions,
     clean_up,
+    fill_membranes,
     fill_owned_gaps,
     intersection_consensus,
     remove_dust,
@@ -98,6 +99,47 @@ def test_split_dust_and_owned_gap_filling():
     cleaned, counters = clean_up(s, CleanupOptions(min_segment_voxels=5))
     assert counters["pieces"] == 2 and counters["segments_out"] == 2
     assert cleaned[:, :, 3:6].max() == 0  # the gap between the pieces is shared: not filled
+
+
+def test_membrane_fill_splits_the_membrane_at_its_darkest_line():
+    # Two cells along x with a 5-voxel unlabelled membrane between them (x 6-10); its
+    # darkest plane is x 9, where the two floods meet: cell 7 (left) takes x 6-8 and
+    # cell 9 (right) reaches x 10 first and then x 9.
+    labels = np.zeros((4, 5, 20), np.uint64)
+    labels[..., :6] = 7
+    labels[..., 11:16] = 9  # x 16-19: open space beyond cell 9
+    image = np.full(labels.shape, 200.0, np.float32)
+    image[..., 6:11] = [120.0, 80.0, 40.0, 10.0, 60.0]
+    before = labels.copy()
+    filled, n = fill_membranes(labels, image, max_distance_voxels=3)
+    np.testing.assert_array_equal(labels, before)  # the input is not modified
+    assert (filled[..., 6:9] == 7).all() and (filled[..., 9:11] == 9).all()
+    # Open space is filled up to 3 voxels from cell 9 (x 16-18), not beyond.
+    assert (filled[..., 16:19] == 9).all() and (filled[..., 19] == 0).all()
+    assert n == 4 * 5 * (5 + 3)
+    # Bright membranes: the meeting line follows the brightest plane instead (x 6).
+    bright, _ = fill_membranes(labels, -image + 255.0, 3, membrane="bright")
+    assert (bright[..., 6:9] == 7).all()
+    np.testing.assert_array_equal(bright, filled)
+    flipped = fill_membranes(labels, image[..., ::-1].copy(), 3)[0]
+    assert (flipped[..., 6:11] == 7).all()  # darkest now at x 10: cell 7 takes it all
+    # Excluded voxels are neither filled nor crossed: a wall at x 8 stops cell 7 at x 7.
+    excluded = np.zeros(labels.shape, bool)
+    excluded[..., 8] = True
+    walled, _ = fill_membranes(labels, image, 3, excluded=excluded)
+    assert (walled[..., 8] == 0).all() and (walled[..., 6:8] == 7).all()
+    assert (walled[..., 9:11] == 9).all()
+    # Ids beyond int32 survive the watershed.
+    big, _ = fill_membranes(np.where(labels == 9, 2**40 + 5, labels), image, 3)
+    assert (big[..., 9:11] == 2**40 + 5).all()
+
+
+def test_membrane_fill_rejects_bad_input():
+    labels = np.zeros((4, 4, 4), np.uint64)
+    with pytest.raises(InputError, match="labels and image"):
+        fill_membranes(labels, np.zeros((4, 4, 5)), 3)
+    with pytest.raises(InputError, match="membrane must be"):
+        fill_membranes(labels, np.zeros((4, 4, 4)), 3, membrane="grey")
 
 
 def test_consensus_rejects_shape_mismatch():

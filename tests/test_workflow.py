@@ -76,12 +76,17 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     with h5py.File(results / "segmentation.h5", "r") as f:
         labels = f["labels"][...]
         assert labels.dtype == np.uint64 and labels.shape == (48, 48, 48)
-    with h5py.File(results / "agglomerated.h5", "r") as f:
+    with h5py.File(results / "filled.h5", "r") as f:
         assert np.array_equal(f["labels"][...], labels)  # the last stage is published
+    with h5py.File(results / "agglomerated.h5", "r") as f:
+        before = f["labels"][...]
+    # The membrane fill only labels unlabelled voxels; labelled ones keep their segment.
+    assert np.array_equal(labels[before > 0], before[before > 0])
+    assert np.count_nonzero(labels) >= np.count_nonzero(before)
     metrics = json.loads((results / "metrics.json").read_text())
     keys = {"vi_split", "vi_merge", "arand", "erl_nm", "n_segments", "fraction_segmented"}
     assert keys <= set(metrics)
-    assert list(metrics["stages"]) == ["ffn", "cleaned", "agglomerated", "final"]
+    assert list(metrics["stages"]) == ["ffn", "cleaned", "agglomerated", "filled", "final"]
     assert all(keys <= set(stage) for stage in metrics["stages"].values())
     assert metrics["stages"]["final"]["arand"] == metrics["arand"]
     assert metrics["n_segments"] == len(np.unique(labels[labels > 0]))
@@ -113,6 +118,7 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
         "find_decision_points",
         "score_pairs",
         "agglomerate",
+        "fill_membranes",
         "publish_segmentation",
         "evaluate",
     }, jobs
@@ -120,7 +126,14 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     merge_change = tmp_path / "merge_change.yaml"
     merge_change.write_text(json.dumps({"agglomeration": {"resegmentation": {"merge_iou": 0.5}}}))
     jobs = planned_jobs(work, [config, merge_change], "results/mydata/metrics.json")
-    assert jobs == {"agglomerate", "publish_segmentation", "evaluate"}, jobs
+    assert jobs == {"agglomerate", "fill_membranes", "publish_segmentation", "evaluate"}, jobs
+    # Changing the membrane fill reruns only the fill and what follows it.
+    fill_change = tmp_path / "fill_change.yaml"
+    fill_change.write_text(
+        json.dumps({"agglomeration": {"membrane_fill": {"max_distance_voxels": 2}}})
+    )
+    jobs = planned_jobs(work, [config, fill_change], "results/mydata/metrics.json")
+    assert jobs == {"fill_membranes", "publish_segmentation", "evaluate"}, jobs
     # Changing only what evaluation uses reruns only the evaluation.
     with h5py.File(tiny_em, "a") as f:
         f["labels_v2"] = f["labels"][...]

@@ -3,8 +3,10 @@
 Files (results/NAME/): ``cleaned.h5`` (consensus of ``ffn.h5`` and ``ffn_reverse.h5`` when
 enabled, then clean-up), ``decision_points.csv``, per block ``pair_scores.csv`` (the decision
 points inside the block's write ROI, each scored by local FFN runs), and
-``agglomerated.h5`` with ``agglomeration_pairs.csv``. Clean-up and decision points hold
-the whole volume in memory; scoring reads one small box per decision point.
+``agglomerated.h5`` with ``agglomeration_pairs.csv``, then ``filled.h5`` (the membranes
+left unlabelled between segments given to a neighbour). Clean-up, decision points and the
+membrane fill hold the whole volume in memory; scoring reads one small box per decision
+point.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import fastremap
 import numpy as np
 
-from ffnflow.agglomerate import CleanupOptions, clean_up, intersection_consensus
+from ffnflow.agglomerate import CleanupOptions, clean_up, fill_membranes, intersection_consensus
 from ffnflow.atomic import write_json_atomic
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
@@ -46,6 +48,7 @@ from ffnflow.stages.common import (
     dataset_block,
     ffn_inputs,
     read_movement_mask,
+    read_raw,
 )
 from ffnflow.stages.segment import (
     border_padding,
@@ -97,6 +100,42 @@ def run_clean_up(
     _write_labels(out_h5, cleaned, dataset.resolution_nm, counters=json.dumps(counters))
     write_json_atomic(counters_json, counters)
     log.info("clean-up of %s: %s", dataset_name, json.dumps(counters))
+    return counters
+
+
+def run_fill_membranes(
+    config: dict[str, Any],
+    dataset_name: str,
+    labels_h5: str | Path,
+    out_h5: str | Path,
+    counters_json: str | Path,
+    mask_h5: str | Path | None = None,
+) -> dict[str, Any]:
+    """Give the unlabelled voxels near segments to a neighbour (``agglomeration.
+    membrane_fill``), never across the dataset mask or the mask net's exclusions."""
+    dataset = dataset_config(config, dataset_name)
+    options = config["agglomeration"]["membrane_fill"]
+    labels = read_volume(f"{labels_h5}:labels")
+    raw = read_raw(dataset)
+    if raw.shape != labels.shape:
+        raise InputError(
+            f"membrane fill: {labels_h5} shape {labels.shape} != raw {dataset.raw} "
+            f"shape {raw.shape}"
+        )
+    excluded = read_movement_mask(config, dataset, None, mask_h5)
+    t0 = time.perf_counter()
+    filled, n_filled = fill_membranes(
+        labels, raw, options["max_distance_voxels"], options["membrane"], excluded
+    )
+    counters = {
+        "voxels_filled": n_filled,
+        "fraction_segmented_before": float(np.count_nonzero(labels) / labels.size),
+        "fraction_segmented": float(np.count_nonzero(filled) / filled.size),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    _write_labels(out_h5, filled, dataset.resolution_nm, counters=json.dumps(counters))
+    write_json_atomic(counters_json, counters)
+    log.info("membrane fill of %s: %s", dataset_name, json.dumps(counters))
     return counters
 
 

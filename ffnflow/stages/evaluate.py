@@ -23,7 +23,7 @@ from ffnflow.volumes import read_volume
 log = logging.getLogger("ffnflow")
 
 # The segmentation stages of the workflow, in pipeline order (results/NAME/<stage>.h5).
-STAGE_ORDER = ("ffn", "cleaned", "agglomerated")
+STAGE_ORDER = ("ffn", "cleaned", "agglomerated", "filled")
 
 
 def run_evaluate(
