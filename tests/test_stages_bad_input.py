@@ -114,7 +114,7 @@ def test_seed_outside_volume_and_evaluation_without_labels(tmp_path):
 
 
 def test_agglomeration_and_graph_inputs_are_named(tmp_path):
-    from ffnflow.stages.agglomerate import run_clean_up
+    from ffnflow.stages.agglomerate import run_clean_up, run_fill_membranes
     from ffnflow.stages.connectome import run_extract_graph
     from ffnflow.volumes import write_volume
 
@@ -126,6 +126,10 @@ def test_agglomeration_and_graph_inputs_are_named(tmp_path):
     out.mkdir()
     with pytest.raises(InputError, match=r"b\.h5 shape \(8, 8, 9\) != .*a\.h5"):
         run_clean_up(cfg, "d", tmp_path / "a.h5", out / "c.h5", out / "c.json", tmp_path / "b.h5")
+    with pytest.raises(
+        InputError, match=r"membrane fill: .*b\.h5 shape \(8, 8, 9\) != raw .*raw\.h5"
+    ):
+        run_fill_membranes(cfg, "d", tmp_path / "b.h5", out / "f.h5", out / "f.json")
     cfg = make_config(tmp_path, f"{raw}:raw", synapses=str(tmp_path / "absent.csv"))
     with pytest.raises(InputError, match="absent.csv: synapse table not found"):
         run_extract_graph(
