@@ -76,17 +76,12 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     with h5py.File(results / "segmentation.h5", "r") as f:
         labels = f["labels"][...]
         assert labels.dtype == np.uint64 and labels.shape == (48, 48, 48)
-    with h5py.File(results / "filled.h5", "r") as f:
-        assert np.array_equal(f["labels"][...], labels)  # the last stage is published
     with h5py.File(results / "agglomerated.h5", "r") as f:
-        before = f["labels"][...]
-    # The membrane fill only labels unlabelled voxels; labelled ones keep their segment.
-    assert np.array_equal(labels[before > 0], before[before > 0])
-    assert np.count_nonzero(labels) >= np.count_nonzero(before)
+        assert np.array_equal(f["labels"][...], labels)  # the last stage is published
     metrics = json.loads((results / "metrics.json").read_text())
     keys = {"vi_split", "vi_merge", "arand", "erl_nm", "n_segments", "fraction_segmented"}
     assert keys <= set(metrics)
-    assert list(metrics["stages"]) == ["ffn", "cleaned", "agglomerated", "filled", "final"]
+    assert list(metrics["stages"]) == ["ffn", "cleaned", "agglomerated", "final"]
     assert all(keys <= set(stage) for stage in metrics["stages"].values())
     assert metrics["stages"]["final"]["arand"] == metrics["arand"]
     assert metrics["n_segments"] == len(np.unique(labels[labels > 0]))
@@ -118,7 +113,6 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
         "find_decision_points",
         "score_pairs",
         "agglomerate",
-        "fill_membranes",
         "publish_segmentation",
         "evaluate",
     }, jobs
@@ -126,14 +120,7 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     merge_change = tmp_path / "merge_change.yaml"
     merge_change.write_text(json.dumps({"agglomeration": {"resegmentation": {"merge_iou": 0.5}}}))
     jobs = planned_jobs(work, [config, merge_change], "results/mydata/metrics.json")
-    assert jobs == {"agglomerate", "fill_membranes", "publish_segmentation", "evaluate"}, jobs
-    # Changing the membrane fill reruns only the fill and what follows it.
-    fill_change = tmp_path / "fill_change.yaml"
-    fill_change.write_text(
-        json.dumps({"agglomeration": {"membrane_fill": {"max_distance_voxels": 2}}})
-    )
-    jobs = planned_jobs(work, [config, fill_change], "results/mydata/metrics.json")
-    assert jobs == {"fill_membranes", "publish_segmentation", "evaluate"}, jobs
+    assert jobs == {"agglomerate", "publish_segmentation", "evaluate"}, jobs
     # Changing only what evaluation uses reruns only the evaluation.
     with h5py.File(tiny_em, "a") as f:
         f["labels_v2"] = f["labels"][...]
@@ -142,6 +129,33 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
         {"raw": f"{tiny_em}:raw", "labels": f"{tiny_em}:labels_v2", "resolution_nm": [10, 10, 10]},
     )
     assert planned_jobs(work, [eval_change], "results/mydata/metrics.json") == {"evaluate"}
+
+    # Enabling the membrane fill runs it on the finished agglomeration and publishes it.
+    fill_on = tmp_path / "fill_on.yaml"
+    fill_on.write_text(
+        json.dumps(
+            {
+                **json.loads(config.read_text()),
+                "agglomeration": {"membrane_fill": {"enabled": True}},
+            }
+        )
+    )
+    assert planned_jobs(work, [fill_on], "results/mydata/metrics.json") == {
+        "fill_membranes",
+        "publish_segmentation",
+        "evaluate",
+    }
+    proc = snakemake(work, fill_on, "results/mydata/metrics.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(results / "segmentation.h5", "r") as f:
+        filled = f["labels"][...]
+    with h5py.File(results / "filled.h5", "r") as f:
+        assert np.array_equal(f["labels"][...], filled)
+    # The fill only labels unlabelled voxels; labelled ones keep their segment.
+    assert np.array_equal(filled[labels > 0], labels[labels > 0])
+    assert np.count_nonzero(filled) > np.count_nonzero(labels)
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert list(metrics["stages"]) == ["ffn", "cleaned", "agglomerated", "filled", "final"]
 
 
 def check_report(work: Path, config: Path, targets: list[str]) -> None:
