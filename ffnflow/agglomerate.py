@@ -171,13 +171,11 @@ def fill_membranes(
     compact, mapping = fastremap.renumber(labels, start=1, preserve_zero=True)
     if len(mapping) >= 2**31:  # scikit-image's watershed labels are int32
         raise InputError(f"fill_membranes: {len(mapping)} segments, at most 2**31 - 1")
-    ids = np.zeros(len(mapping) + 1, dtype=np.uint64)
-    for original, new in mapping.items():
-        ids[int(new)] = int(original)
     image = np.asarray(image, dtype=np.float32)
     elevation = -image if membrane == "dark" else image
     flooded = watershed(elevation, markers=compact.astype(np.int32), mask=reach)
-    out = ids[flooded]
+    back = {int(new): int(original) for original, new in mapping.items()}
+    out = fastremap.remap(flooded.astype(np.uint64), back, in_place=True)
     return out, int(np.count_nonzero(unlabelled & (out > 0)))
 
 
