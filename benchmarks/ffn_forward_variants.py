@@ -11,20 +11,22 @@ references (relative L2 error), and prints a table (FOV/s, TFLOP/s):
 - ``zstack``      the three z neighbours stacked as 3x the input channels, one 2D 3x3
                   convolution;
 - ``triton``      one fused Triton kernel (implicit GEMM over the 27 taps; CUDA), for
-                  several block shapes;
+                  several launch parameters (rows per program, warps, unrolled taps or a
+                  pipelined loop with 2-4 stages);
 - whole models:   ffnflow's mixed bf16 stack (fp32 residual) eager and compiled, the
                   all-bf16 stack, the zsplit stack eager and compiled, and the Triton
-                  stack.
+                  stack (bf16 and fp16) with the ``--model-launches`` fastest layer
+                  launches (``--models REGEX`` selects).
 
 Usage: python benchmarks/ffn_forward_variants.py [--batches 128 512] [--seconds 1.5]
-       [--no-compile] [--json OUT.json]
+       [--no-compile] [--json OUT.json] [--models REGEX] [--best-launch-file F]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -64,6 +66,27 @@ def bench(fn, seconds: float, device: torch.device) -> float:
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.float(), ref.float()
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def triton_launches() -> list:
+    """The Triton kernel's launch parameters to try: taps unrolled (L1-cached loads) or a
+    pipelined loop (asynchronous copies), 64-256 rows per program, 4 or 8 warps."""
+    from ffnflow.ffn.triton_conv import Launch
+
+    unrolled = [Launch(m, w, 1, True) for m in (64, 128, 256) for w in (4, 8)]
+    looped = [Launch(m, w, st, False) for m in (64, 128, 256) for w in (4, 8) for st in (2, 3, 4)]
+    return unrolled + looped
+
+
+def best_launches(rows: list[dict], k: int) -> list:
+    """The ``k`` fastest Triton launches of the layer rows."""
+    timed = [r for r in rows if r["what"].startswith("layer triton ") and "ms" in r]
+    if not timed:
+        return []
+    from ffnflow.ffn.triton_conv import parse_launch
+
+    timed.sort(key=lambda r: r["ms"])
+    return [parse_launch(r["what"].split()[-1]) for r in timed[:k]]
 
 
 def layer_variants(batch: int, device: torch.device, seconds: float) -> list[dict]:
@@ -123,14 +146,12 @@ def layer_variants(batch: int, device: torch.device, seconds: float) -> list[dic
         from ffnflow.ffn.triton_conv import conv3x3x3, tap_weight
 
         w_tap = tap_weight(w32, torch.bfloat16)
-        for bm, warps, stages in itertools.product((64, 128, 256), (4, 8), (2, 3)):
+        for launch in triton_launches():
 
-            def f_triton(bm=bm, warps=warps, stages=stages):
-                return conv3x3x3(xn, w_tap, b32, block_m=bm, num_warps=warps, num_stages=stages)[0]
+            def f_triton(launch=launch):
+                return conv3x3x3(xn, w_tap, b32, launch=launch)[0]
 
-            variants.append(
-                (f"triton m{bm} w{warps} s{stages}", f_triton, lambda o: o.permute(0, 4, 1, 2, 3))
-            )
+            variants.append((f"triton {launch}", f_triton, lambda o: o.permute(0, 4, 1, 2, 3)))
     flops = 2.0 * 27 * c * c * s**3 * batch
     rows = []
     with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=True):
@@ -154,7 +175,14 @@ def layer_variants(batch: int, device: torch.device, seconds: float) -> list[dic
     return rows
 
 
-def model_variants(batch: int, device: torch.device, seconds: float, compile_: bool):
+def model_variants(
+    batch: int,
+    device: torch.device,
+    seconds: float,
+    compile_: bool,
+    launches: list,
+    only: str | None = None,
+):
     loaded = load_checkpoint(CHECKPOINT)
     model = loaded.model
     flops = model.arch.flops_per_fov * batch
@@ -181,12 +209,16 @@ def model_variants(batch: int, device: torch.device, seconds: float, compile_: b
     if device.type == "cuda" and triton_available():
         from ffnflow.ffn.triton_conv import TritonStack
 
-        for bm, warps in ((64, 4), (128, 4), (128, 8), (256, 8)):
-            variants[f"model triton m{bm} w{warps}"] = TritonStack(
-                model, torch.bfloat16, block_m=bm, num_warps=warps
-            ).to(device)
-    if compile_:
+        for launch in launches:
+            for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+                variants[f"model triton {name} {launch}"] = TritonStack(
+                    model, dt, launch=launch
+                ).to(device)
+    if only:
+        variants = {k: v for k, v in variants.items() if re.search(only, k)}
+    if compile_ and (not only or re.search(only, "model mixed_bf16 compiled")):
         variants["model mixed_bf16 compiled"] = torch.compile(mixed._forward, dynamic=False)
+    if compile_ and (not only or re.search(only, "model zsplit compiled")):
         variants["model zsplit compiled"] = torch.compile(zs, dynamic=False)
     rows = []
     i_cl = image.contiguous(memory_format=torch.channels_last_3d)
@@ -226,6 +258,13 @@ def main() -> None:
     parser.add_argument("--layers-only", action="store_true")
     parser.add_argument("--model-batches", type=int, nargs="+", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--models", default=None, help="regex: the model variants to time")
+    parser.add_argument(
+        "--best-launch-file", default=None, help="write the fastest Triton model's launch here"
+    )
+    parser.add_argument(
+        "--model-launches", type=int, default=3, help="the k fastest Triton layer launches"
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
@@ -233,7 +272,10 @@ def main() -> None:
         rows += layer_variants(batch, device, args.seconds)
     if not args.layers_only:
         for batch in args.model_batches or args.batches:
-            rows += model_variants(batch, device, args.seconds, not args.no_compile)
+            launches = best_launches(rows, args.model_launches)
+            rows += model_variants(
+                batch, device, args.seconds, not args.no_compile, launches, args.models
+            )
     print(f"\n{'what':32s} {'batch':>5s} {'ms':>9s} {'FOV/s':>8s} {'TFLOP/s':>8s} {'err':>8s}")
     for r in rows:
         err = r.get("rel_err", r.get("rel_err_vs_fp32"))
@@ -246,6 +288,11 @@ def main() -> None:
             )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    models = [r for r in rows if r["what"].startswith("model triton fp16 ") and "ms" in r]
+    if models and args.best_launch_file:
+        best = min(models, key=lambda r: r["ms"] / r["batch"])
+        Path(args.best_launch_file).write_text(best["what"].split()[-1] + "\n")
+        print(f"fastest Triton model: {best['what']} ({best['fov_per_s']} FOV/s)")
 
 
 if __name__ == "__main__":

@@ -216,6 +216,14 @@ def section_env(args, device, results) -> None:
         "device": str(device),
         "cpu_count": os.cpu_count(),
     }
+    if triton_available():
+        import triton
+
+        info["triton"] = triton.__version__
+        if args.b_conv == "triton" or args.triton_launch:
+            from ffnflow.ffn.triton_conv import LAUNCH
+
+            info["triton_launch"] = str(LAUNCH)
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         info.update(
@@ -387,7 +395,7 @@ def section_throughput(args, device, results) -> None:
             str(device),
             args.b_precision,
             deterministic=False,
-            pow2_batches=True,
+            pow2_batches=args.b_conv != "triton",  # Triton kernels take any batch size
             conv=args.b_conv,
         )
         t0 = time.perf_counter()
@@ -657,6 +665,9 @@ def main() -> None:
     parser.add_argument(
         "--b-conv", default="auto", help="convolutions of (b): auto, zsplit, triton"
     )
+    parser.add_argument(
+        "--triton-launch", default=None, help="Triton kernel launch, e.g. m128,w4,s3,u1"
+    )
     parser.add_argument("--forward-batches", type=int, nargs="+", default=[1, 64, 256, 1024])
     parser.add_argument("--forward-seconds", type=float, default=1.0)
     parser.add_argument("--seq-seconds", type=float, default=15.0)
@@ -676,6 +687,10 @@ def main() -> None:
     parser.add_argument("--finetune-batch", type=int, default=32)
     parser.add_argument("--finetune-lr", type=float, default=5e-5)
     args = parser.parse_args()
+    if args.triton_launch:
+        import ffnflow.ffn.triton_conv as triton_conv  # needs Triton
+
+        triton_conv.LAUNCH = triton_conv.parse_launch(args.triton_launch)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(

@@ -18,7 +18,7 @@ CHECK = r"""
 import numpy as np, torch, torch.nn.functional as F
 from ffnflow.ffn.model import ConvStack3D, ModelArch
 from ffnflow.ffn.predictor import FovPredictor
-from ffnflow.ffn.triton_conv import conv3x3x3, tap_weight
+from ffnflow.ffn.triton_conv import Launch, conv3x3x3, conv_first, parse_launch, tap_weight
 
 g = torch.Generator().manual_seed(0)
 x = torch.randn(2, 16, 5, 6, 7, generator=g)  # sides differ on purpose
@@ -29,14 +29,31 @@ ref = F.conv3d(x, w, b, padding=1) + res
 cl = lambda t: t.permute(0, 2, 3, 4, 1).contiguous()
 stream = cl(res)
 out, low = conv3x3x3(cl(x), tap_weight(w, torch.float32), b, residual=stream,
-                     write_relu_low=True, block_m=32)
+                     write_relu_low=True, launch=Launch(block_m=32))
 assert out is stream  # the residual stream is updated in place
 torch.testing.assert_close(out, cl(ref), rtol=1e-4, atol=1e-4)
 torch.testing.assert_close(low, cl(ref).relu(), rtol=1e-4, atol=1e-4)
 none, only = conv3x3x3(cl(x), tap_weight(w, torch.float32), b, write_f32=False,
-                       write_relu_low=True, block_m=64)  # more rows than voxels per block
+                       write_relu_low=True, launch=parse_launch("m64,u0,s2"))  # pipelined
+# loop; more rows than voxels per program
 assert none is None
 torch.testing.assert_close(only, cl(F.conv3d(x, w, b, padding=1)).relu(), rtol=1e-4, atol=1e-4)
+
+assert parse_launch("w8, m256") == Launch(block_m=256, num_warps=8)
+try:
+    parse_launch("m12x")
+    raise AssertionError("parse_launch accepted m12x")
+except ValueError as exc:
+    assert "m12x" in str(exc)
+
+# the first convolution: 2 float32 features, float32 result and its ReLU in bf16
+x2 = torch.randn(2, 2, 5, 6, 7, generator=g)
+w2 = torch.randn(16, 2, 3, 3, 3, generator=g)
+ref2 = cl(F.conv3d(x2, w2, b, padding=1))
+out2, low2 = conv_first(cl(x2), tap_weight(w2, torch.float32), b, torch.bfloat16)
+torch.testing.assert_close(out2, ref2, rtol=1e-4, atol=1e-4)
+assert low2.dtype == torch.bfloat16
+torch.testing.assert_close(low2.float(), ref2.relu(), rtol=1e-2, atol=1e-2)
 
 torch.manual_seed(1)
 model = ConvStack3D(ModelArch(depth=3, features=16, fov_size_zyx=(7, 9, 11))).eval()
@@ -52,7 +69,8 @@ print("ok")
 
 
 def test_fused_kernel_and_stack_equal_conv3d_under_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     run = subprocess.run(
         [sys.executable, "-c", CHECK], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=600,

@@ -7,7 +7,13 @@ an implicit GEMM over the 27 taps (each tap a ``(BLOCK_M, C) @ (C, C')`` product
 contiguous channels-last rows, zero outside the volume) and does the rest in its
 epilogue: bias, the residual addition into the float32 stream, and the ReLU and cast that
 feed the next convolution. A residual block is then two kernels and about 512 bytes of
-memory traffic per voxel.
+memory traffic per voxel. The first convolution (image and POM logits, 2 features, float32)
+is one kernel of float32 multiply-adds that writes the residual stream and its ReLU, and
+the last one ends with the final 1x1x1 convolution and the addition of the input logits.
+
+Launch parameters (rows per program, warps, pipeline stages, whether the 27 taps are an
+unrolled sequence or a pipelined loop) are :data:`LAUNCH` unless given; ``"m128,w4,s3,u1"``
+strings (:func:`parse_launch`) name them for benchmarks.
 
 Activations are ``(N, z, y, x, C)`` tensors (channels last). :class:`TritonStack` is
 :class:`~ffnflow.ffn.model.ConvStack3D`'s forward pass with the predictor's mixed
@@ -17,6 +23,8 @@ Correctness is tested under Triton's interpreter on the CPU (``TRITON_INTERPRET=
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -33,6 +41,10 @@ def _conv3x3x3_kernel(
     res_ptr,  # (N, Z, Y, X, COUT) float32, added when HAS_RES (may be out_ptr)
     out_ptr,  # (N, Z, Y, X, COUT) float32, written when WRITE_F32
     low_ptr,  # (N, Z, Y, X, COUT) dtype of x, relu(result), written when WRITE_RELU_LOW
+    lom_w_ptr,  # (COUT,) float32, final 1x1x1 convolution (FINAL)
+    lom_b_ptr,  # (1,) float32 (FINAL)
+    pom_ptr,  # (N, Z, Y, X, 2) float32 input; channel 1 the POM logits (FINAL)
+    logit_ptr,  # (N, Z, Y, X) float32 output logits (FINAL)
     total,
     Z,
     Y,
@@ -43,6 +55,9 @@ def _conv3x3x3_kernel(
     HAS_RES: tl.constexpr,
     WRITE_F32: tl.constexpr,
     WRITE_RELU_LOW: tl.constexpr,
+    FINAL: tl.constexpr,
+    UNROLL: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -54,16 +69,28 @@ def _conv3x3x3_kernel(
     offs_c = tl.arange(0, CIN)
     offs_o = tl.arange(0, COUT)
     acc = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
-    for tap in tl.static_range(27):
-        dz = tap // 9 - 1
-        dy = (tap // 3) % 3 - 1
-        dx = tap % 3 - 1
-        ok = m_ok & (zz + dz >= 0) & (zz + dz < Z) & (yy + dy >= 0) & (yy + dy < Y)
-        ok = ok & (xx + dx >= 0) & (xx + dx < X)
-        src = offs_m + (dz * Y + dy) * X + dx  # the same FOV: (z, y, x) shifted
-        a = tl.load(x_ptr + src[:, None] * CIN + offs_c[None, :], mask=ok[:, None], other=0.0)
-        w = tl.load(w_ptr + tap * CIN * COUT + offs_c[:, None] * COUT + offs_o[None, :])
-        acc += tl.dot(a, w)
+    if UNROLL:
+        for tap in tl.static_range(27):
+            dz = tap // 9 - 1
+            dy = (tap // 3) % 3 - 1
+            dx = tap % 3 - 1
+            ok = m_ok & (zz + dz >= 0) & (zz + dz < Z) & (yy + dy >= 0) & (yy + dy < Y)
+            ok = ok & (xx + dx >= 0) & (xx + dx < X)
+            src = offs_m + (dz * Y + dy) * X + dx  # the same FOV: (z, y, x) shifted
+            a = tl.load(x_ptr + src[:, None] * CIN + offs_c[None, :], mask=ok[:, None], other=0.0)
+            w = tl.load(w_ptr + tap * CIN * COUT + offs_c[:, None] * COUT + offs_o[None, :])
+            acc += tl.dot(a, w)
+    else:
+        for tap in tl.range(0, 27, num_stages=STAGES):
+            dz = tap // 9 - 1
+            dy = (tap // 3) % 3 - 1
+            dx = tap % 3 - 1
+            ok = m_ok & (zz + dz >= 0) & (zz + dz < Z) & (yy + dy >= 0) & (yy + dy < Y)
+            ok = ok & (xx + dx >= 0) & (xx + dx < X)
+            src = offs_m + (dz * Y + dy) * X + dx
+            a = tl.load(x_ptr + src[:, None] * CIN + offs_c[None, :], mask=ok[:, None], other=0.0)
+            w = tl.load(w_ptr + tap * CIN * COUT + offs_c[:, None] * COUT + offs_o[None, :])
+            acc += tl.dot(a, w)
     acc += tl.load(b_ptr + offs_o)[None, :]
     rows = offs_m[:, None] * COUT + offs_o[None, :]
     if HAS_RES:
@@ -73,6 +100,85 @@ def _conv3x3x3_kernel(
     if WRITE_RELU_LOW:
         relu = tl.maximum(acc, 0.0)
         tl.store(low_ptr + rows, relu.to(low_ptr.dtype.element_ty), mask=m_ok[:, None])
+    if FINAL:
+        lom = tl.sum(tl.maximum(acc, 0.0) * tl.load(lom_w_ptr + offs_o)[None, :], axis=1)
+        lom += tl.load(lom_b_ptr)
+        lom += tl.load(pom_ptr + offs_m * 2 + 1, mask=m_ok, other=0.0)
+        tl.store(logit_ptr + offs_m, lom, mask=m_ok)
+
+
+@triton.jit
+def _conv_first_kernel(
+    x_ptr,  # (N, Z, Y, X, CIN) float32 input (image, POM logits)
+    w_ptr,  # (27, CIN, COUT) float32
+    b_ptr,  # (COUT,) float32
+    out_ptr,  # (N, Z, Y, X, COUT) float32 result
+    low_ptr,  # (N, Z, Y, X, COUT) relu(result) in the low precision
+    total,
+    Z,
+    Y,
+    X,
+    CIN: tl.constexpr,
+    COUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < total
+    xx = offs_m % X
+    rest = offs_m // X
+    yy = rest % Y
+    zz = (rest // Y) % Z
+    offs_o = tl.arange(0, COUT)
+    acc = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
+    for tap in tl.static_range(27):
+        dz = tap // 9 - 1
+        dy = (tap // 3) % 3 - 1
+        dx = tap % 3 - 1
+        ok = m_ok & (zz + dz >= 0) & (zz + dz < Z) & (yy + dy >= 0) & (yy + dy < Y)
+        ok = ok & (xx + dx >= 0) & (xx + dx < X)
+        src = offs_m + (dz * Y + dy) * X + dx
+        for c in tl.static_range(CIN):
+            a = tl.load(x_ptr + src * CIN + c, mask=ok, other=0.0)
+            w = tl.load(w_ptr + (tap * CIN + c) * COUT + offs_o)
+            acc += a[:, None] * w[None, :]
+    acc += tl.load(b_ptr + offs_o)[None, :]
+    rows = offs_m[:, None] * COUT + offs_o[None, :]
+    tl.store(out_ptr + rows, acc, mask=m_ok[:, None])
+    relu = tl.maximum(acc, 0.0)
+    tl.store(low_ptr + rows, relu.to(low_ptr.dtype.element_ty), mask=m_ok[:, None])
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Launch parameters of the 3x3x3 kernel: rows (voxels) per program, warps, pipeline
+    stages of the tap loop, and whether the 27 taps are unrolled (then ``stages`` is
+    unused)."""
+
+    block_m: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+    unroll: bool = True
+
+    def __str__(self) -> str:
+        return f"m{self.block_m},w{self.num_warps},s{self.num_stages},u{int(self.unroll)}"
+
+
+#: The default launch parameters (see ``benchmarks/ffn_forward_variants.py``).
+LAUNCH = Launch()
+
+
+def parse_launch(text: str) -> Launch:
+    """``"m128,w4,s3,u1"`` (any subset, any order) as a :class:`Launch`."""
+    keys = {"m": "block_m", "w": "num_warps", "s": "num_stages", "u": "unroll"}
+    values: dict = {}
+    for part in filter(None, text.replace(" ", "").split(",")):
+        if part[:1] not in keys or not part[1:].isdigit():
+            raise ValueError(f"triton launch {text!r}: {part!r} is not m<int>, w, s or u<int>")
+        values[keys[part[0]]] = int(part[1:])
+    if "unroll" in values:
+        values["unroll"] = bool(values["unroll"])
+    return replace(LAUNCH, **values)
 
 
 def tap_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -83,6 +189,15 @@ def tap_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return weight.permute(2, 3, 4, 1, 0).reshape(27, c_in, c_out).to(dtype).contiguous()
 
 
+def _check_size(shape: tuple[int, ...], channels: int) -> int:
+    total = 1
+    for side in shape:
+        total *= int(side)
+    if total * channels >= 2**31:  # the kernels' offsets are 32-bit
+        raise ValueError(f"triton conv: {shape[0]} FOVs of {tuple(shape[1:])} are too many")
+    return total
+
+
 def conv3x3x3(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -90,77 +205,118 @@ def conv3x3x3(
     residual: torch.Tensor | None = None,
     write_f32: bool = True,
     write_relu_low: bool = False,
-    block_m: int = 128,
-    num_warps: int = 4,
-    num_stages: int = 3,
+    launch: Launch | None = None,
+    final: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """3x3x3 convolution (zero padding 1) of ``x`` ``(N, z, y, x, C)`` with ``weight`` from
     :func:`tap_weight` and float32 ``bias``, plus ``residual`` (float32; may be updated in
     place: pass the same tensor as the result). Returns the float32 result (or None) and
-    its ReLU in ``x``'s dtype (or None)."""
+    its ReLU in ``x``'s dtype (or None).
+
+    With ``final = (lom_weight (C',), lom_bias (1,), inputs (N, z, y, x, 2))`` it returns
+    instead the output logits ``(N, z, y, x)``: ``inputs[..., 1]`` plus the 1x1x1
+    convolution of the ReLU of the result."""
+    launch = launch or LAUNCH
     n, z, y, xx, c_in = x.shape
     c_out = weight.shape[2]
     x = x.contiguous()
-    total = n * z * y * xx
-    if total * max(c_in, c_out) >= 2**31:  # the kernel's offsets are 32-bit
-        raise ValueError(f"triton conv: {n} FOVs of {(z, y, xx)} are too many for one call")
+    total = _check_size(x.shape[:4], max(c_in, c_out))
     out = None
-    if write_f32:
+    if write_f32 and final is None:
         out = (
             residual
             if residual is not None
             else x.new_empty((n, z, y, xx, c_out), dtype=torch.float32)
         )
-    low = x.new_empty((n, z, y, xx, c_out)) if write_relu_low else None
-    dummy = bias
-    grid = (triton.cdiv(total, block_m),)
+    low = x.new_empty((n, z, y, xx, c_out)) if write_relu_low and final is None else None
+    logits = x.new_empty((n, z, y, xx), dtype=torch.float32) if final is not None else None
+    lom_w, lom_b, inputs = final if final is not None else (bias, bias, bias)
+    grid = (triton.cdiv(total, launch.block_m),)
     _conv3x3x3_kernel[grid](
         x,
         weight,
         bias,
-        residual if residual is not None else dummy,
-        out if out is not None else dummy,
+        residual if residual is not None else bias,
+        out if out is not None else bias,
         low if low is not None else x,
+        lom_w,
+        lom_b,
+        inputs,
+        logits if logits is not None else bias,
         total,
         z,
         y,
         xx,
         CIN=c_in,
         COUT=c_out,
-        BLOCK_M=block_m,
+        BLOCK_M=launch.block_m,
         HAS_RES=residual is not None,
-        WRITE_F32=write_f32,
-        WRITE_RELU_LOW=write_relu_low,
-        num_warps=num_warps,
-        num_stages=num_stages,
+        WRITE_F32=out is not None,
+        WRITE_RELU_LOW=low is not None,
+        FINAL=final is not None,
+        UNROLL=launch.unroll,
+        STAGES=launch.num_stages,
+        num_warps=launch.num_warps,
+        num_stages=launch.num_stages,
     )
+    if final is not None:
+        return logits, None
+    return out, low
+
+
+def conv_first(
+    inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 3x3x3 convolution of float32 ``inputs`` ``(N, z, y, x, C)`` (few features)
+    with float32 ``weight`` from :func:`tap_weight` and ``bias``, in float32 multiply-adds.
+    Returns the float32 result ``(N, z, y, x, C')`` and its ReLU in ``dtype``."""
+    n, z, y, xx, c_in = inputs.shape
+    c_out = weight.shape[2]
+    inputs = inputs.contiguous()
+    total = _check_size(inputs.shape[:4], max(c_in, c_out))
+    out = inputs.new_empty((n, z, y, xx, c_out))
+    low = inputs.new_empty((n, z, y, xx, c_out), dtype=dtype)
+    block_m = 128
+    _conv_first_kernel[(triton.cdiv(total, block_m),)](
+        inputs, weight, bias, out, low, total, z, y, xx,
+        CIN=c_in, COUT=c_out, BLOCK_M=block_m, num_warps=4,
+    )  # fmt: skip
     return out, low
 
 
 class TritonStack(RelaidConvStack):
-    """ConvStack3D's forward (inputs and output ``(N, 1, z, y, x)``) with the 3x3x3
-    convolutions after the first as fused Triton kernels in ``dtype``."""
+    """ConvStack3D's forward (inputs and output ``(N, 1, z, y, x)``) with every 3x3x3
+    convolution a fused Triton kernel: the first in float32, the others in ``dtype``."""
 
     def __init__(
         self,
         model: ConvStack3D,
         dtype: torch.dtype = torch.bfloat16,
-        block_m: int = 128,
-        num_warps: int = 4,
-        num_stages: int = 3,
+        launch: Launch | None = None,
     ) -> None:
         super().__init__(model, lambda k: tap_weight(k, dtype))
         self.dtype = dtype
-        self.launch = {"block_m": block_m, "num_warps": num_warps, "num_stages": num_stages}
+        self.launch = launch
+        conv0 = model.conv0_a
+        self.w0a = torch.nn.Parameter(tap_weight(conv0.weight.detach(), torch.float32), False)
+        self.b0a = torch.nn.Parameter(conv0.bias.detach().float().clone(), False)
 
     def forward(self, image: torch.Tensor, pom_logits: torch.Tensor) -> torch.Tensor:
         k = self.launch
-        x = torch.cat([image, pom_logits], dim=1).float()
-        x = self.conv0_a(x.contiguous(memory_format=torch.channels_last_3d))
-        h = torch.relu(x).permute(0, 2, 3, 4, 1).to(self.dtype).contiguous()  # (N, z, y, x, C)
-        x, h = conv3x3x3(h, self.w0b, self.b0b, write_relu_low=True, **k)
-        for wa, ba, wb, bb in zip(self.wa, self.ba, self.wb, self.bb):
-            _, a = conv3x3x3(h, wa, ba, write_f32=False, write_relu_low=True, **k)
-            x, h = conv3x3x3(a, wb, bb, residual=x, write_relu_low=True, **k)
-        lom = torch.relu(x) @ self.w_lom + self.b_lom  # (N, z, y, x), float32
-        return pom_logits.float() + lom.unsqueeze(1)
+        inputs = torch.cat([image, pom_logits], dim=1).float().permute(0, 2, 3, 4, 1)
+        inputs = inputs.contiguous()  # (N, z, y, x, 2)
+        _, h = conv_first(inputs, self.w0a, self.b0a, self.dtype)
+        x, h = conv3x3x3(h, self.w0b, self.b0b, write_relu_low=True, launch=k)
+        last = len(self.wa) - 1
+        for i, (wa, ba, wb, bb) in enumerate(zip(self.wa, self.ba, self.wb, self.bb)):
+            _, a = conv3x3x3(h, wa, ba, write_f32=False, write_relu_low=True, launch=k)
+            if i < last:
+                x, h = conv3x3x3(a, wb, bb, residual=x, write_relu_low=True, launch=k)
+            else:
+                logits, _ = conv3x3x3(
+                    a, wb, bb, residual=x, launch=k, final=(self.w_lom, self.b_lom, inputs)
+                )
+                return logits.unsqueeze(1)
+        # depth 1: no residual modules
+        lom = torch.relu(x) @ self.w_lom + self.b_lom
+        return (inputs[..., 1] + lom).unsqueeze(1)
