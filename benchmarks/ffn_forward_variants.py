@@ -68,14 +68,19 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def triton_launches() -> list:
-    """The Triton kernel's launch parameters to try: taps unrolled (L1-cached loads) or a
-    pipelined loop (asynchronous copies), 64-256 rows per program, 4 or 8 warps."""
-    from ffnflow.ffn.triton_conv import Launch
+def triton_launches(names: list[str] | None = None) -> list:
+    """The Triton kernels' launch parameters to try (``names``, or every one): for the tap
+    kernel, taps unrolled (L1-cached loads) or a pipelined loop (asynchronous copies),
+    64-256 rows per program, 4 or 8 warps; for the z-sweep kernel, 64 or 128 (y, x)
+    positions per program, 4 or 8 warps, 1-3 stages."""
+    from ffnflow.ffn.triton_conv import Launch, parse_launch
 
+    if names:
+        return [parse_launch(name) for name in names]
     unrolled = [Launch(m, w, 1, True) for m in (64, 128, 256) for w in (4, 8)]
     looped = [Launch(m, w, st, False) for m in (64, 128, 256) for w in (4, 8) for st in (2, 3, 4)]
-    return unrolled + looped
+    swept = [Launch(m, w, st, zsweep=True) for m in (64, 128) for w in (4, 8) for st in (1, 2, 3)]
+    return unrolled + looped + swept
 
 
 def best_launches(rows: list[dict], k: int) -> list:
@@ -89,7 +94,9 @@ def best_launches(rows: list[dict], k: int) -> list:
     return [parse_launch(r["what"].split()[-1]) for r in timed[:k]]
 
 
-def layer_variants(batch: int, device: torch.device, seconds: float) -> list[dict]:
+def layer_variants(
+    batch: int, device: torch.device, seconds: float, launches: list[str] | None = None
+) -> list[dict]:
     """One 32->32 3x3x3 convolution (bf16) in three formulations."""
     c, s = 32, 33
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -146,7 +153,7 @@ def layer_variants(batch: int, device: torch.device, seconds: float) -> list[dic
         from ffnflow.ffn.triton_conv import conv3x3x3, tap_weight
 
         w_tap = tap_weight(w32, torch.bfloat16)
-        for launch in triton_launches():
+        for launch in triton_launches(launches):
 
             def f_triton(launch=launch):
                 return conv3x3x3(xn, w_tap, b32, launch=launch)[0]
@@ -258,6 +265,9 @@ def main() -> None:
     parser.add_argument("--layers-only", action="store_true")
     parser.add_argument("--model-batches", type=int, nargs="+", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--triton-launches", nargs="+", default=None, help="e.g. m128,w4,s3,u0 m64,w4,s2,z1"
+    )
     parser.add_argument("--models", default=None, help="regex: the model variants to time")
     parser.add_argument(
         "--best-launch-file", default=None, help="write the fastest Triton model's launch here"
@@ -269,7 +279,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for batch in args.batches:
-        rows += layer_variants(batch, device, args.seconds)
+        rows += layer_variants(batch, device, args.seconds, args.triton_launches)
     if not args.layers_only:
         for batch in args.model_batches or args.batches:
             launches = best_launches(rows, args.model_launches)
