@@ -69,18 +69,15 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def triton_launches(names: list[str] | None = None) -> list:
-    """The Triton kernels' launch parameters to try (``names``, or every one): for the tap
-    kernel, taps unrolled (L1-cached loads) or a pipelined loop (asynchronous copies),
-    64-256 rows per program, 4 or 8 warps; for the z-sweep kernel, 64 or 128 (y, x)
-    positions per program, 4 or 8 warps, 1-3 stages."""
+    """The Triton kernel's launch parameters to try (``names``, or every one): taps unrolled (L1-cached loads) or a pipelined loop (asynchronous copies),
+    64-256 rows per program, 4 or 8 warps."""
     from ffnflow.ffn.triton_conv import Launch, parse_launch
 
     if names:
         return [parse_launch(name) for name in names]
     unrolled = [Launch(m, w, 1, True) for m in (64, 128, 256) for w in (4, 8)]
     looped = [Launch(m, w, st, False) for m in (64, 128, 256) for w in (4, 8) for st in (2, 3, 4)]
-    swept = [Launch(m, w, st, zsweep=True) for m in (64, 128) for w in (4, 8) for st in (1, 2, 3)]
-    return unrolled + looped + swept
+    return unrolled + looped
 
 
 def best_launches(rows: list[dict], k: int) -> list:
@@ -266,7 +263,7 @@ def main() -> None:
     parser.add_argument("--model-batches", type=int, nargs="+", default=None)
     parser.add_argument("--json", default=None)
     parser.add_argument(
-        "--triton-launches", nargs="+", default=None, help="e.g. m128,w4,s3,u0 m64,w4,s2,z1"
+        "--triton-launches", nargs="+", default=None, help="e.g. m128,w4,s3,u0 m64,w8,s1,u1"
     )
     parser.add_argument("--models", default=None, help="regex: the model variants to time")
     parser.add_argument(

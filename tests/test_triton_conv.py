@@ -39,14 +39,7 @@ none, only = conv3x3x3(cl(x), tap_weight(w, torch.float32), b, write_f32=False,
 assert none is None
 torch.testing.assert_close(only, cl(F.conv3d(x, w, b, padding=1)).relu(), rtol=1e-4, atol=1e-4)
 
-# the z-sweep kernel: programs of (y, x) positions through every z section
-for launch in ("m16,z1,s1", "m64,z1,s2"):
-    stream = cl(res)
-    out, low = conv3x3x3(cl(x), tap_weight(w, torch.float32), b, residual=stream,
-                         write_relu_low=True, launch=parse_launch(launch))
-    torch.testing.assert_close(out, cl(ref), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(low, cl(ref).relu(), rtol=1e-4, atol=1e-4)
-assert str(parse_launch("z1,m64")).endswith(",z1")
+assert str(parse_launch("u1,m64")) == "m64,w4,s3,u1"
 assert parse_launch("w8, m256") == Launch(block_m=256, num_warps=8)
 try:
     parse_launch("m12x")
@@ -73,7 +66,7 @@ assert fused.conv == "triton" and not fused.compiled
 expected = FovPredictor(model, "cpu", "fp32", threads=1, conv="conv3d").predict(image, pom)
 np.testing.assert_allclose(fused.predict(image, pom), expected, atol=1e-4)
 from ffnflow.ffn.triton_conv import TritonStack
-stack = TritonStack(model, torch.float32, launch=parse_launch("m32,z1"))
+stack = TritonStack(model, torch.float32, launch=parse_launch("m32,u1"))
 t = lambda a: torch.from_numpy(a)[:, None]
 with torch.no_grad():
     swept = stack(t(image), t(pom))[:, 0].numpy()

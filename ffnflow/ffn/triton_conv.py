@@ -108,111 +108,6 @@ def _conv3x3x3_kernel(
 
 
 @triton.jit
-def _epilogue(
-    acc,
-    rows,  # (BLOCK_M,) voxel indices into (N, Z, Y, X)
-    ok,
-    b_ptr,
-    res_ptr,
-    out_ptr,
-    low_ptr,
-    lom_w_ptr,
-    lom_b_ptr,
-    pom_ptr,
-    logit_ptr,
-    COUT: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    WRITE_F32: tl.constexpr,
-    WRITE_RELU_LOW: tl.constexpr,
-    FINAL: tl.constexpr,
-):
-    offs_o = tl.arange(0, COUT)
-    acc += tl.load(b_ptr + offs_o)[None, :]
-    idx = rows[:, None] * COUT + offs_o[None, :]
-    if HAS_RES:
-        acc += tl.load(res_ptr + idx, mask=ok[:, None], other=0.0)
-    if WRITE_F32:
-        tl.store(out_ptr + idx, acc, mask=ok[:, None])
-    if WRITE_RELU_LOW:
-        relu = tl.maximum(acc, 0.0)
-        tl.store(low_ptr + idx, relu.to(low_ptr.dtype.element_ty), mask=ok[:, None])
-    if FINAL:
-        lom = tl.sum(tl.maximum(acc, 0.0) * tl.load(lom_w_ptr + offs_o)[None, :], axis=1)
-        lom += tl.load(lom_b_ptr)
-        lom += tl.load(pom_ptr + rows * 2 + 1, mask=ok, other=0.0)
-        tl.store(logit_ptr + rows, lom, mask=ok)
-
-
-@triton.jit
-def _zsweep_kernel(
-    x_ptr,  # (N, Z, Y, X, CIN), dtype of the weights
-    w_ptr,  # (27, CIN, COUT), tap (dz, dy, dx) major
-    b_ptr,
-    res_ptr,
-    out_ptr,
-    low_ptr,
-    lom_w_ptr,
-    lom_b_ptr,
-    pom_ptr,
-    logit_ptr,
-    Z: tl.constexpr,  # the FOV's sides: compile-time constants (one model, one FOV)
-    Y: tl.constexpr,
-    X: tl.constexpr,
-    TILES: tl.constexpr,  # programs per FOV: cdiv(Y * X, BLOCK_M)
-    CIN: tl.constexpr,
-    COUT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    WRITE_F32: tl.constexpr,
-    WRITE_RELU_LOW: tl.constexpr,
-    FINAL: tl.constexpr,
-    STAGES: tl.constexpr,
-):
-    """One program: BLOCK_M (y, x) positions of one FOV, every z section in turn. Section
-    s gives its 2D 3x3 products with the three z taps' kernels (9 loads of its rows feed 27
-    products); out[s - 1] is complete once section s is in, so the program keeps two
-    partial sums (``ha`` for out[s - 1], ``hb`` for out[s])."""
-    pid = tl.program_id(0)
-    n = pid // TILES
-    offs_p = (pid % TILES) * BLOCK_M + tl.arange(0, BLOCK_M)
-    plane = Y * X
-    p_ok = offs_p < plane
-    yy = offs_p // X
-    xx = offs_p % X
-    offs_c = tl.arange(0, CIN)
-    offs_o = tl.arange(0, COUT)
-    w_rows = offs_c[:, None] * COUT + offs_o[None, :]
-    fov = n * Z * plane
-    ha = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
-    hb = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
-    for sec in tl.range(0, Z, num_stages=STAGES):
-        c0 = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
-        c1 = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
-        c2 = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
-        rows = fov + sec * plane + offs_p
-        for t in tl.static_range(9):
-            dy = t // 3 - 1
-            dx = t % 3 - 1
-            ok = p_ok & (yy + dy >= 0) & (yy + dy < Y) & (xx + dx >= 0) & (xx + dx < X)
-            src = rows + dy * X + dx
-            a = tl.load(x_ptr + src[:, None] * CIN + offs_c[None, :], mask=ok[:, None], other=0.0)
-            c0 = tl.dot(a, tl.load(w_ptr + t * CIN * COUT + w_rows), c0)  # dz = -1: out[s + 1]
-            c1 = tl.dot(a, tl.load(w_ptr + (9 + t) * CIN * COUT + w_rows), c1)  # out[s]
-            c2 = tl.dot(a, tl.load(w_ptr + (18 + t) * CIN * COUT + w_rows), c2)  # out[s - 1]
-        if sec > 0:
-            _epilogue(
-                ha + c2, rows - plane, p_ok, b_ptr, res_ptr, out_ptr, low_ptr, lom_w_ptr,
-                lom_b_ptr, pom_ptr, logit_ptr, COUT, HAS_RES, WRITE_F32, WRITE_RELU_LOW, FINAL,
-            )  # fmt: skip
-        ha = hb + c1
-        hb = c0
-    _epilogue(
-        ha, fov + (Z - 1) * plane + offs_p, p_ok, b_ptr, res_ptr, out_ptr, low_ptr, lom_w_ptr,
-        lom_b_ptr, pom_ptr, logit_ptr, COUT, HAS_RES, WRITE_F32, WRITE_RELU_LOW, FINAL,
-    )  # fmt: skip
-
-
-@triton.jit
 def _conv_first_kernel(
     x_ptr,  # (N, Z, Y, X, CIN) float32 input (image, POM logits)
     w_ptr,  # (27, CIN, COUT) float32
@@ -258,18 +153,16 @@ def _conv_first_kernel(
 class Launch:
     """Launch parameters of the 3x3x3 kernel: rows (voxels) per program, warps, pipeline
     stages of the tap loop, and whether the 27 taps are unrolled (then ``stages`` is
-    unused). ``zsweep``: the other kernel, whose programs each take ``block_m`` (y, x)
-    positions of one FOV through all its z sections (``stages`` pipeline that loop)."""
+    unused). The defaults were the fastest on an H200 (194 TFLOP/s for one layer, batch
+    256 FOVs; ``benchmarks/results/ffn_forward_variants_triton_h200.log``)."""
 
-    block_m: int = 128
+    block_m: int = 256
     num_warps: int = 4
     num_stages: int = 3
-    unroll: bool = True
-    zsweep: bool = False
+    unroll: bool = False
 
     def __str__(self) -> str:
-        text = f"m{self.block_m},w{self.num_warps},s{self.num_stages},u{int(self.unroll)}"
-        return text + (",z1" if self.zsweep else "")
+        return f"m{self.block_m},w{self.num_warps},s{self.num_stages},u{int(self.unroll)}"
 
 
 #: The default launch parameters (see ``benchmarks/ffn_forward_variants.py``).
@@ -278,15 +171,14 @@ LAUNCH = Launch()
 
 def parse_launch(text: str) -> Launch:
     """``"m128,w4,s3,u1"`` (any subset, any order) as a :class:`Launch`."""
-    keys = {"m": "block_m", "w": "num_warps", "s": "num_stages", "u": "unroll", "z": "zsweep"}
+    keys = {"m": "block_m", "w": "num_warps", "s": "num_stages", "u": "unroll"}
     values: dict = {}
     for part in filter(None, text.replace(" ", "").split(",")):
         if part[:1] not in keys or not part[1:].isdigit():
-            raise ValueError(f"triton launch {text!r}: {part!r} is not m<int>, w, s, u or z<int>")
+            raise ValueError(f"triton launch {text!r}: {part!r} is not m<int>, w, s or u<int>")
         values[keys[part[0]]] = int(part[1:])
-    for flag in ("unroll", "zsweep"):
-        if flag in values:
-            values[flag] = bool(values[flag])
+    if "unroll" in values:
+        values["unroll"] = bool(values["unroll"])
     return replace(LAUNCH, **values)
 
 
@@ -363,14 +255,10 @@ def conv3x3x3(
         "STAGES": launch.num_stages,
         "num_warps": launch.num_warps,
     }
-    if launch.zsweep:
-        tiles = triton.cdiv(y * xx, launch.block_m)
-        _zsweep_kernel[(n * tiles,)](*pointers, Z=z, Y=y, X=xx, TILES=tiles, **flags)
-    else:
-        grid = (triton.cdiv(total, launch.block_m),)
-        _conv3x3x3_kernel[grid](
-            *pointers, total, z, y, xx, UNROLL=launch.unroll, num_stages=launch.num_stages, **flags
-        )
+    grid = (triton.cdiv(total, launch.block_m),)
+    _conv3x3x3_kernel[grid](
+        *pointers, total, z, y, xx, UNROLL=launch.unroll, num_stages=launch.num_stages, **flags
+    )
     if final is not None:
         return logits, None
     return out, low
