@@ -29,7 +29,7 @@ ref = F.conv3d(x, w, b, padding=1) + res
 cl = lambda t: t.permute(0, 2, 3, 4, 1).contiguous()
 stream = cl(res)
 out, low = conv3x3x3(cl(x), tap_weight(w, torch.float32), b, residual=stream,
-                     write_relu_low=True, launch=Launch(block_m=32))
+                     write_relu_low=True, launch=Launch(block_m=32, unroll=True))
 assert out is stream  # the residual stream is updated in place
 torch.testing.assert_close(out, cl(ref), rtol=1e-4, atol=1e-4)
 torch.testing.assert_close(low, cl(ref).relu(), rtol=1e-4, atol=1e-4)
@@ -65,12 +65,6 @@ fused = FovPredictor(model, "cpu", "fp32", threads=1, conv="triton")
 assert fused.conv == "triton" and not fused.compiled
 expected = FovPredictor(model, "cpu", "fp32", threads=1, conv="conv3d").predict(image, pom)
 np.testing.assert_allclose(fused.predict(image, pom), expected, atol=1e-4)
-from ffnflow.ffn.triton_conv import TritonStack
-stack = TritonStack(model, torch.float32, launch=parse_launch("m32,u1"))
-t = lambda a: torch.from_numpy(a)[:, None]
-with torch.no_grad():
-    swept = stack(t(image), t(pom))[:, 0].numpy()
-np.testing.assert_allclose(swept, expected, atol=1e-4)
 print("ok")
 """
 
