@@ -34,6 +34,38 @@ from ffnflow.ffn.model import ConvStack3D, RelaidConvStack
 
 
 @triton.jit
+def _fov_coords(offs_m, Z, Y, X):
+    """The (z, y, x) within its FOV of each row ``offs_m`` of ``(N, Z, Y, X)``."""
+    xx = offs_m % X
+    rest = offs_m // X
+    return (rest // Y) % Z, rest % Y, xx
+
+
+@triton.jit
+def _tap_source(offs_m, m_ok, zz, yy, xx, tap, Z, Y, X):
+    """Rows ``offs_m`` (at ``zz, yy, xx`` in their FOV) shifted by tap ``tap`` (dz, dy, dx
+    major), and whether that neighbour lies inside the same FOV."""
+    dz = tap // 9 - 1
+    dy = (tap // 3) % 3 - 1
+    dx = tap % 3 - 1
+    ok = m_ok & (zz + dz >= 0) & (zz + dz < Z) & (yy + dy >= 0) & (yy + dy < Y)
+    ok = ok & (xx + dx >= 0) & (xx + dx < X)
+    return offs_m + (dz * Y + dy) * X + dx, ok
+
+
+@triton.jit
+def _tap_product(
+    x_ptr, w_ptr, offs_m, m_ok, zz, yy, xx, tap, Z, Y, X, CIN: tl.constexpr, COUT: tl.constexpr
+):
+    """One tap's ``(BLOCK_M, CIN) @ (CIN, COUT)`` product (zero outside the FOV)."""
+    src, ok = _tap_source(offs_m, m_ok, zz, yy, xx, tap, Z, Y, X)
+    offs_c = tl.arange(0, CIN)
+    a = tl.load(x_ptr + src[:, None] * CIN + offs_c[None, :], mask=ok[:, None], other=0.0)
+    w = tl.load(w_ptr + tap * CIN * COUT + offs_c[:, None] * COUT + tl.arange(0, COUT)[None, :])
+    return tl.dot(a, w)
+
+
+@triton.jit
 def _conv3x3x3_kernel(
     x_ptr,  # (N, Z, Y, X, CIN) activations, dtype of the weights
     w_ptr,  # (27, CIN, COUT), tap (dz, dy, dx) major
@@ -62,35 +94,15 @@ def _conv3x3x3_kernel(
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < total
-    xx = offs_m % X
-    rest = offs_m // X
-    yy = rest % Y
-    zz = (rest // Y) % Z
-    offs_c = tl.arange(0, CIN)
+    zz, yy, xx = _fov_coords(offs_m, Z, Y, X)
     offs_o = tl.arange(0, COUT)
     acc = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
-    if UNROLL:
+    if UNROLL:  # plain loads: neighbouring taps hit the L1 cache
         for tap in tl.static_range(27):
-            dz = tap // 9 - 1
-            dy = (tap // 3) % 3 - 1
-            dx = tap % 3 - 1
-            ok = m_ok & (zz + dz >= 0) & (zz + dz < Z) & (yy + dy >= 0) & (yy + dy < Y)
-            ok = ok & (xx + dx >= 0) & (xx + dx < X)
-            src = offs_m + (dz * Y + dy) * X + dx  # the same FOV: (z, y, x) shifted
-            a = tl.load(x_ptr + src[:, None] * CIN + offs_c[None, :], mask=ok[:, None], other=0.0)
-            w = tl.load(w_ptr + tap * CIN * COUT + offs_c[:, None] * COUT + offs_o[None, :])
-            acc += tl.dot(a, w)
-    else:
+            acc += _tap_product(x_ptr, w_ptr, offs_m, m_ok, zz, yy, xx, tap, Z, Y, X, CIN, COUT)
+    else:  # asynchronous copies, pipelined over STAGES taps
         for tap in tl.range(0, 27, num_stages=STAGES):
-            dz = tap // 9 - 1
-            dy = (tap // 3) % 3 - 1
-            dx = tap % 3 - 1
-            ok = m_ok & (zz + dz >= 0) & (zz + dz < Z) & (yy + dy >= 0) & (yy + dy < Y)
-            ok = ok & (xx + dx >= 0) & (xx + dx < X)
-            src = offs_m + (dz * Y + dy) * X + dx
-            a = tl.load(x_ptr + src[:, None] * CIN + offs_c[None, :], mask=ok[:, None], other=0.0)
-            w = tl.load(w_ptr + tap * CIN * COUT + offs_c[:, None] * COUT + offs_o[None, :])
-            acc += tl.dot(a, w)
+            acc += _tap_product(x_ptr, w_ptr, offs_m, m_ok, zz, yy, xx, tap, Z, Y, X, CIN, COUT)
     acc += tl.load(b_ptr + offs_o)[None, :]
     rows = offs_m[:, None] * COUT + offs_o[None, :]
     if HAS_RES:
@@ -125,19 +137,11 @@ def _conv_first_kernel(
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < total
-    xx = offs_m % X
-    rest = offs_m // X
-    yy = rest % Y
-    zz = (rest // Y) % Z
+    zz, yy, xx = _fov_coords(offs_m, Z, Y, X)
     offs_o = tl.arange(0, COUT)
     acc = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
     for tap in tl.static_range(27):
-        dz = tap // 9 - 1
-        dy = (tap // 3) % 3 - 1
-        dx = tap % 3 - 1
-        ok = m_ok & (zz + dz >= 0) & (zz + dz < Z) & (yy + dy >= 0) & (yy + dy < Y)
-        ok = ok & (xx + dx >= 0) & (xx + dx < X)
-        src = offs_m + (dz * Y + dy) * X + dx
+        src, ok = _tap_source(offs_m, m_ok, zz, yy, xx, tap, Z, Y, X)
         for c in tl.static_range(CIN):
             a = tl.load(x_ptr + src * CIN + c, mask=ok, other=0.0)
             w = tl.load(w_ptr + (tap * CIN + c) * COUT + offs_o)
