@@ -367,7 +367,7 @@ def section_throughput(args, device, results) -> None:
             continue
         with h5py.File(Path(args.data) / filename, "r") as f:
             raw = f["raw"][:]
-        if args.quick:  # a few hundred FOVs of the full model: minutes on 2 CPU cores
+        if args.quick:  # a few FOVs of the full model: seconds on 2 CPU cores
             raw = raw[:40, :48, :48]
         image = normalise(raw, loaded)
         entry: dict[str, Any] = {"shape_zyx": list(raw.shape)}
