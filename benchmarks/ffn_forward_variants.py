@@ -12,7 +12,8 @@ references (relative L2 error), and prints a table (FOV/s, TFLOP/s):
                   convolution;
 - ``triton``      one fused Triton kernel (implicit GEMM over the 27 taps; CUDA), for
                   several launch parameters (rows per program, warps, unrolled taps or a
-                  pipelined loop with 2-4 stages);
+                  pipelined loop with 2-4 stages); ``p1`` launches: the pair kernel (two z
+                  sections per program, 9 products of 128-deep sums and 64 outputs);
 - whole models:   ffnflow's mixed bf16 stack (fp32 residual) eager and compiled, the
                   all-bf16 stack, the zsplit stack eager and compiled, and the Triton
                   stack (bf16 and fp16) with the ``--model-launches`` fastest layer
@@ -69,15 +70,19 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def triton_launches(names: list[str] | None = None) -> list:
-    """The Triton kernel's launch parameters to try (``names``, or every one): taps unrolled (L1-cached loads) or a pipelined loop (asynchronous copies),
-    64-256 rows per program, 4 or 8 warps."""
+    """The Triton kernels' launch parameters to try (``names``, or every one): taps unrolled
+    (L1-cached loads) or a pipelined loop (asynchronous copies), 64-256 rows per program, 4
+    or 8 warps; the tap kernel and the pair kernel."""
+    from dataclasses import replace
+
     from ffnflow.ffn.triton_conv import Launch, parse_launch
 
     if names:
         return [parse_launch(name) for name in names]
     unrolled = [Launch(m, w, 1, True) for m in (64, 128, 256) for w in (4, 8)]
     looped = [Launch(m, w, st, False) for m in (64, 128, 256) for w in (4, 8) for st in (2, 3, 4)]
-    return unrolled + looped
+    pair = [replace(k, pair=True) for k in unrolled + looped if k.num_stages < 4]
+    return unrolled + looped + pair
 
 
 def best_launches(rows: list[dict], k: int) -> list:
@@ -147,13 +152,13 @@ def layer_variants(
         ),
     ]
     if device.type == "cuda" and triton_available():
-        from ffnflow.ffn.triton_conv import conv3x3x3, tap_weight
+        from ffnflow.ffn.triton_conv import conv3x3x3, relaid_weight
 
-        w_tap = tap_weight(w32, torch.bfloat16)
         for launch in triton_launches(launches):
+            w_launch = relaid_weight(w32, torch.bfloat16, launch)
 
-            def f_triton(launch=launch):
-                return conv3x3x3(xn, w_tap, b32, launch=launch)[0]
+            def f_triton(launch=launch, w_launch=w_launch):
+                return conv3x3x3(xn, w_launch, b32, launch=launch)[0]
 
             variants.append((f"triton {launch}", f_triton, lambda o: o.permute(0, 4, 1, 2, 3)))
     flops = 2.0 * 27 * c * c * s**3 * batch

@@ -18,7 +18,8 @@ CHECK = r"""
 import numpy as np, torch, torch.nn.functional as F
 from ffnflow.ffn.model import ConvStack3D, ModelArch
 from ffnflow.ffn.predictor import FovPredictor
-from ffnflow.ffn.triton_conv import Launch, conv3x3x3, conv_first, parse_launch, tap_weight
+from ffnflow.ffn.triton_conv import (Launch, conv3x3x3, conv_first, parse_launch, relaid_weight,
+                                     tap_weight)
 
 g = torch.Generator().manual_seed(0)
 x = torch.randn(2, 16, 5, 6, 7, generator=g)  # sides differ on purpose
@@ -39,7 +40,23 @@ none, only = conv3x3x3(cl(x), tap_weight(w, torch.float32), b, write_f32=False,
 assert none is None
 torch.testing.assert_close(only, cl(F.conv3d(x, w, b, padding=1)).relu(), rtol=1e-4, atol=1e-4)
 
+# the pair kernel (two z sections per program), an odd number of sections, and its last
+# convolution with the final 1x1x1 one
+lw, lb = torch.randn(16, generator=g), torch.randn(1, generator=g)
+inputs = torch.randn(2, 5, 6, 7, 2, generator=g)
+pair = parse_launch("m64,u1,p1")
+logits, _ = conv3x3x3(cl(x), relaid_weight(w, torch.float32, pair), b, residual=cl(res),
+                      launch=pair, final=(lw, lb, inputs))
+torch.testing.assert_close(logits, inputs[..., 1] + cl(ref).relu() @ lw + lb, rtol=1e-4,
+                           atol=1e-4)
+try:
+    conv3x3x3(cl(x), tap_weight(w, torch.float32), b, launch=pair)
+    raise AssertionError("the pair kernel took a tap kernel's weights")
+except ValueError as exc:
+    assert "kernel (27, 16, 16) is not" in str(exc)
+
 assert str(parse_launch("u1,m64")) == "m64,w4,s3,u1"
+assert str(parse_launch("p1")) == "m256,w4,s3,u0,p1"
 assert parse_launch("w8, m256") == Launch(block_m=256, num_warps=8)
 try:
     parse_launch("m12x")
@@ -65,6 +82,10 @@ fused = FovPredictor(model, "cpu", "fp32", threads=1, conv="triton")
 assert fused.conv == "triton" and not fused.compiled
 expected = FovPredictor(model, "cpu", "fp32", threads=1, conv="conv3d").predict(image, pom)
 np.testing.assert_allclose(fused.predict(image, pom), expected, atol=1e-4)
+import ffnflow.ffn.triton_conv as triton_conv
+triton_conv.LAUNCH = parse_launch("m128,p1")  # what gpu_acceptance.py --triton-launch does
+paired = FovPredictor(model, "cpu", "fp32", threads=1, conv="triton")
+np.testing.assert_allclose(paired.predict(image, pom), expected, atol=1e-4)
 print("ok")
 """
 

@@ -120,6 +120,101 @@ def _conv3x3x3_kernel(
 
 
 @triton.jit
+def _conv3x3x3_pair_kernel(
+    x_ptr,  # (N, Z, Y, X, CIN) activations, dtype of the weights
+    w_ptr,  # (9, 4 * CIN, 2 * COUT) from pair_weight: (dy, dx) tap major
+    b_ptr,
+    res_ptr,
+    out_ptr,
+    low_ptr,
+    lom_w_ptr,
+    lom_b_ptr,
+    pom_ptr,
+    logit_ptr,
+    Z: tl.constexpr,  # the FOV's sides: compile-time constants (one model, one FOV)
+    Y: tl.constexpr,
+    X: tl.constexpr,
+    TILES: tl.constexpr,  # (y, x) tiles per section: cdiv(Y * X, BLOCK_M)
+    CIN: tl.constexpr,
+    COUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    WRITE_F32: tl.constexpr,
+    WRITE_RELU_LOW: tl.constexpr,
+    FINAL: tl.constexpr,
+    UNROLL: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """One program: BLOCK_M (y, x) positions of two z sections ``o, o + 1`` of one FOV. Per
+    (dy, dx) tap, the rows of the four input sections ``o - 1 .. o + 2`` side by side
+    (``4 * CIN`` columns) times a ``(4 * CIN, 2 * COUT)`` kernel whose blocks are the z taps
+    (two of its eight blocks are zero) give both sections at once: 9 products with 128-deep
+    sums and 64 outputs instead of 27 products of 32 by 32."""
+    pid = tl.program_id(0)
+    PAIRS: tl.constexpr = (Z + 1) // 2
+    PLANE: tl.constexpr = Y * X
+    tile = pid % TILES
+    rest = pid // TILES
+    o0 = (rest % PAIRS) * 2
+    n = rest // PAIRS
+    offs_p = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    p_ok = offs_p < PLANE
+    yy = offs_p // X
+    xx = offs_p % X
+    offs_k = tl.arange(0, 4 * CIN)
+    z_in = o0 - 1 + offs_k // CIN  # the input section of each column
+    z_ok = (z_in >= 0) & (z_in < Z)
+    col = (n * Z + z_in) * PLANE * CIN + offs_k % CIN
+    offs_j = tl.arange(0, 2 * COUT)
+    w_rows = offs_k[:, None] * (2 * COUT) + offs_j[None, :]
+    acc = tl.zeros((BLOCK_M, 2 * COUT), dtype=tl.float32)
+    if UNROLL:
+        for t in tl.static_range(9):
+            acc = _pair_product(x_ptr, w_ptr, w_rows, col, z_ok, offs_p, p_ok, yy, xx, t,
+                                acc, Y, X, CIN, COUT)  # fmt: skip
+    else:
+        for t in tl.range(0, 9, num_stages=STAGES):
+            acc = _pair_product(x_ptr, w_ptr, w_rows, col, z_ok, offs_p, p_ok, yy, xx, t,
+                                acc, Y, X, CIN, COUT)  # fmt: skip
+    z_out = o0 + offs_j // COUT
+    c_out = offs_j % COUT
+    ok = p_ok[:, None] & (z_out < Z)[None, :]
+    acc += tl.load(b_ptr + c_out)[None, :]
+    idx = ((n * Z + z_out[None, :]) * PLANE + offs_p[:, None]) * COUT + c_out[None, :]
+    if HAS_RES:
+        acc += tl.load(res_ptr + idx, mask=ok, other=0.0)
+    if WRITE_F32:
+        tl.store(out_ptr + idx, acc, mask=ok)
+    if WRITE_RELU_LOW:
+        tl.store(low_ptr + idx, tl.maximum(acc, 0.0).to(low_ptr.dtype.element_ty), mask=ok)
+    if FINAL:
+        lom = tl.maximum(acc, 0.0) * tl.load(lom_w_ptr + c_out)[None, :]
+        lom_b = tl.load(lom_b_ptr)
+        for g in tl.static_range(2):
+            rows = (n * Z + o0 + g) * PLANE + offs_p
+            okg = p_ok & (o0 + g < Z)
+            part = tl.sum(tl.where((offs_j // COUT == g)[None, :], lom, 0.0), axis=1) + lom_b
+            part += tl.load(pom_ptr + rows * 2 + 1, mask=okg, other=0.0)
+            tl.store(logit_ptr + rows, part, mask=okg)
+
+
+@triton.jit
+def _pair_product(
+    x_ptr, w_ptr, w_rows, col, z_ok, offs_p, p_ok, yy, xx, t, acc, Y, X,
+    CIN: tl.constexpr, COUT: tl.constexpr,
+):  # fmt: skip
+    """``acc`` plus tap ``t`` (dy, dx major) of the pair kernel: the four input sections'
+    rows shifted by (dy, dx), zero outside the FOV, times that tap's kernel."""
+    dy = t // 3 - 1
+    dx = t % 3 - 1
+    ok = p_ok & (yy + dy >= 0) & (yy + dy < Y) & (xx + dx >= 0) & (xx + dx < X)
+    src = (offs_p + dy * X + dx) * CIN
+    a = tl.load(x_ptr + src[:, None] + col[None, :], mask=ok[:, None] & z_ok[None, :], other=0.0)
+    w = tl.load(w_ptr + t * (4 * CIN) * (2 * COUT) + w_rows)
+    return tl.dot(a, w, acc)
+
+
+@triton.jit
 def _conv_first_kernel(
     x_ptr,  # (N, Z, Y, X, CIN) float32 input (image, POM logits)
     w_ptr,  # (27, CIN, COUT) float32
@@ -164,9 +259,11 @@ class Launch:
     num_warps: int = 4
     num_stages: int = 3
     unroll: bool = False
+    pair: bool = False
 
     def __str__(self) -> str:
-        return f"m{self.block_m},w{self.num_warps},s{self.num_stages},u{int(self.unroll)}"
+        text = f"m{self.block_m},w{self.num_warps},s{self.num_stages},u{int(self.unroll)}"
+        return text + (",p1" if self.pair else "")
 
 
 #: The default launch parameters (see ``benchmarks/ffn_forward_variants.py``).
@@ -175,14 +272,15 @@ LAUNCH = Launch()
 
 def parse_launch(text: str) -> Launch:
     """``"m128,w4,s3,u1"`` (any subset, any order) as a :class:`Launch`."""
-    keys = {"m": "block_m", "w": "num_warps", "s": "num_stages", "u": "unroll"}
+    keys = {"m": "block_m", "w": "num_warps", "s": "num_stages", "u": "unroll", "p": "pair"}
     values: dict = {}
     for part in filter(None, text.replace(" ", "").split(",")):
         if part[:1] not in keys or not part[1:].isdigit():
-            raise ValueError(f"triton launch {text!r}: {part!r} is not m<int>, w, s or u<int>")
+            raise ValueError(f"triton launch {text!r}: {part!r} is not m<int>, w, s, u or p<int>")
         values[keys[part[0]]] = int(part[1:])
-    if "unroll" in values:
-        values["unroll"] = bool(values["unroll"])
+    for flag in ("unroll", "pair"):
+        if flag in values:
+            values[flag] = bool(values[flag])
     return replace(LAUNCH, **values)
 
 
@@ -192,6 +290,28 @@ def tap_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         raise ValueError(f"triton conv: kernel {tuple(weight.shape)} is not 3x3x3")
     c_out, c_in = weight.shape[:2]
     return weight.permute(2, 3, 4, 1, 0).reshape(27, c_in, c_out).to(dtype).contiguous()
+
+
+def pair_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 3D kernel ``(C', C, 3, 3, 3)`` as the pair kernel's ``(9, 4*C, 2*C')``: per (dy, dx)
+    tap, block ``(s, g)`` maps input section ``o - 1 + s`` to output section ``o + g``
+    (z tap ``s - g``; zero where that is not 0, 1 or 2)."""
+    taps = tap_weight(weight, torch.float32)  # (27, C, C')
+    c_in, c_out = taps.shape[1:]
+    out = taps.new_zeros((9, 4 * c_in, 2 * c_out))
+    for s in range(4):
+        for g in range(2):
+            kz = s - g
+            if 0 <= kz <= 2:
+                out[:, s * c_in : (s + 1) * c_in, g * c_out : (g + 1) * c_out] = taps[
+                    9 * kz : 9 * kz + 9
+                ]
+    return out.to(dtype).contiguous()
+
+
+def relaid_weight(weight: torch.Tensor, dtype: torch.dtype, launch: Launch | None) -> torch.Tensor:
+    """``weight`` laid out for the kernel that ``launch`` (default :data:`LAUNCH`) names."""
+    return (pair_weight if (launch or LAUNCH).pair else tap_weight)(weight, dtype)
 
 
 def _check_size(shape: tuple[int, ...], channels: int) -> int:
@@ -214,7 +334,7 @@ def conv3x3x3(
     final: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """3x3x3 convolution (zero padding 1) of ``x`` ``(N, z, y, x, C)`` with ``weight`` from
-    :func:`tap_weight` and float32 ``bias``, plus ``residual`` (float32; may be updated in
+    :func:`relaid_weight` for ``launch`` and float32 ``bias``, plus ``residual`` (float32; may be updated in
     place: pass the same tensor as the result). Returns the float32 result (or None) and
     its ReLU in ``x``'s dtype (or None).
 
@@ -223,7 +343,12 @@ def conv3x3x3(
     convolution of the ReLU of the result."""
     launch = launch or LAUNCH
     n, z, y, xx, c_in = x.shape
-    c_out = weight.shape[2]
+    c_out = weight.shape[2] // 2 if launch.pair else weight.shape[2]
+    expected = (9, 4 * c_in, 2 * c_out) if launch.pair else (27, c_in, c_out)
+    if tuple(weight.shape) != expected:
+        raise ValueError(
+            f"triton conv: kernel {tuple(weight.shape)} is not {expected} (launch {launch})"
+        )
     x = x.contiguous()
     total = _check_size(x.shape[:4], max(c_in, c_out))
     out = None
@@ -259,10 +384,19 @@ def conv3x3x3(
         "STAGES": launch.num_stages,
         "num_warps": launch.num_warps,
     }
-    grid = (triton.cdiv(total, launch.block_m),)
-    _conv3x3x3_kernel[grid](
-        *pointers, total, z, y, xx, UNROLL=launch.unroll, num_stages=launch.num_stages, **flags
-    )
+    if launch.pair:
+        tiles = triton.cdiv(y * xx, launch.block_m)
+        grid = (n * ((z + 1) // 2) * tiles,)
+        _conv3x3x3_pair_kernel[grid](
+            *pointers, Z=z, Y=y, X=xx, TILES=tiles, UNROLL=launch.unroll,
+            num_stages=launch.num_stages, **flags,
+        )  # fmt: skip
+    else:
+        grid = (triton.cdiv(total, launch.block_m),)
+        _conv3x3x3_kernel[grid](
+            *pointers, total, z, y, xx, UNROLL=launch.unroll, num_stages=launch.num_stages,
+            **flags,
+        )  # fmt: skip
     if final is not None:
         return logits, None
     return out, low
@@ -298,7 +432,8 @@ class TritonStack(RelaidConvStack):
         dtype: torch.dtype = torch.bfloat16,
         launch: Launch | None = None,
     ) -> None:
-        super().__init__(model, lambda k: tap_weight(k, dtype))
+        launch = launch or LAUNCH  # fixed now: it decides the weights' layout
+        super().__init__(model, lambda k: relaid_weight(k, dtype, launch))
         self.dtype = dtype
         self.launch = launch
         conv0 = model.conv0_a
