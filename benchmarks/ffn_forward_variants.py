@@ -19,7 +19,8 @@ references (relative L2 error), and prints a table (FOV/s, TFLOP/s):
 - whole models:   ffnflow's mixed bf16 stack (fp32 residual) eager and compiled, the
                   all-bf16 stack, the zsplit stack eager and compiled, and the Triton
                   stack (bf16 and fp16) with the ``--model-launches`` fastest layer
-                  launches (``--models REGEX`` selects).
+                  launches, the z-stack stack and both with a float16 residual stream
+                  (``--models REGEX`` selects).
 
 Usage: python benchmarks/ffn_forward_variants.py [--batches 128 512] [--seconds 1.5]
        [--no-compile] [--json OUT.json] [--models REGEX] [--best-launch-file F]
@@ -144,10 +145,20 @@ def layer_variants(
         x2 = st.reshape(batch * s, s, s, 3 * c).permute(0, 3, 1, 2)
         return F.conv2d(x2, w_stack, b, padding=1)
 
+    x_stacked = (
+        torch.cat([F.pad(xn, (0, 0, 0, 0, 0, 0, 1, 1))[:, i : i + s] for i in range(3)], -1)
+        .reshape(batch * s, s, s, 3 * c)
+        .permute(0, 3, 1, 2)
+    )
+
+    def f_zstack_conv_only():
+        return F.conv2d(x_stacked, w_stack, None, padding=1)
+
     variants = [
         ("conv3d", f_conv3d, lambda o: o),
         ("zsplit", f_zsplit, lambda o: o.permute(0, 4, 1, 2, 3)),
         ("zsplit_conv2d_only", f_zsplit_conv_only, None),
+        ("zstack_conv2d_only", f_zstack_conv_only, None),
         (
             "zstack",
             f_zstack,
@@ -243,6 +254,17 @@ def model_variants(
         variants["model mixed_bf16 compiled"] = torch.compile(mixed._forward, dynamic=False)
     if compile_ and (not only or re.search(only, "model zsplit compiled")):
         variants["model zsplit compiled"] = torch.compile(zs, dynamic=False)
+    h = torch.float16
+    for name, form, res in (
+        ("zstack", "stack", torch.float32),
+        ("zsplit res16", "split", h),
+        ("zstack res16", "stack", h),
+    ):
+        full = f"model {name} fp16 compiled"
+        if compile_ and (not only or re.search(only, full)):
+            variants[full] = torch.compile(
+                ZSplitStack(model, h, form, res).to(device), dynamic=False
+            )
     rows = []
     i_cl = image.contiguous(memory_format=torch.channels_last_3d)
     p_cl = pom.contiguous(memory_format=torch.channels_last_3d)

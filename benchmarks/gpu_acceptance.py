@@ -269,6 +269,7 @@ def section_parity(args, device, results) -> None:
         "bf16_batched_conv3d": ("bf16", "conv3d"),
         "bf16_batched_triton": ("bf16", "triton"),
         "fp16_batched_triton": ("fp16", "triton"),
+        "fp16_batched_zstack": ("fp16", "zstack"),
     }
     for name in args.parity_variants:
         precision, conv = variants[name]
@@ -666,7 +667,7 @@ def main() -> None:
     parser.add_argument("--grid2", type=int, nargs=3, default=None, help="a second grid")
     parser.add_argument("--b-precision", default="bf16", help="precision of (b)")
     parser.add_argument(
-        "--b-conv", default="auto", help="convolutions of (b): auto, zsplit, triton"
+        "--b-conv", default="auto", help="convolutions of (b): auto, zsplit, zstack, triton"
     )
     parser.add_argument(
         "--triton-launch", default=None, help="Triton kernel launch, e.g. m128,w4,s3,u1"

@@ -60,7 +60,7 @@ PRECISIONS = {
     "fp16": torch.float16,
 }
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-CONVS = ("auto", "conv3d", "zsplit", "triton")
+CONVS = ("auto", "conv3d", "zsplit", "zstack", "triton")
 # torch.compile's limit on the shapes of one function (one per padded batch size).
 _RECOMPILE_LIMIT = 32
 
@@ -234,10 +234,11 @@ class FovPredictor:
         self.conv = conv
         if conv == "triton" and not triton_available():
             raise InputError("ffn.conv 'triton': Triton is not installed")
-        if conv in ("zsplit", "triton"):
+        if conv in ("zsplit", "zstack", "triton"):
             dtype = PRECISIONS[precision] if low else torch.float32
-            if conv == "zsplit":
-                self._forward = ZSplitStack(self.model, dtype).to(self.device)
+            if conv in ("zsplit", "zstack"):
+                form = "split" if conv == "zsplit" else "stack"
+                self._forward = ZSplitStack(self.model, dtype, form).to(self.device)
             else:
                 from ffnflow.ffn.triton_conv import TritonStack  # imports Triton
 
@@ -246,7 +247,7 @@ class FovPredictor:
             self._forward = _MixedStack(self.model, self.device.type, PRECISIONS[precision])
         self.deterministic = bool(deterministic)
         if compile is None:
-            compile = conv == "zsplit" and self.device.type == "cuda"
+            compile = conv in ("zsplit", "zstack") and self.device.type == "cuda"
         self.compiled = bool(compile)
         self._compile_unproven = self.compiled  # until its first call succeeds
         if compile:
