@@ -105,7 +105,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def predictor(
-    loaded, device, precision, max_objects=1, benchmark=False, conv="auto"
+    loaded, device, precision, max_objects=1, benchmark=False, conv="auto", residual="fp32"
 ) -> FovPredictor:
     """A predictor as the workflow builds one: batches padded to ``max_objects`` FOVs."""
     return FovPredictor(
@@ -115,6 +115,7 @@ def predictor(
         fixed_batch=max_objects,
         deterministic=not benchmark,
         conv=conv,
+        residual=residual,
     )
 
 
@@ -270,16 +271,20 @@ def section_parity(args, device, results) -> None:
         "bf16_batched_triton": ("bf16", "triton"),
         "fp16_batched_triton": ("fp16", "triton"),
         "fp16_batched_zstack": ("fp16", "zstack"),
+        "fp16_batched_res16": ("fp16", "zsplit", "low"),
     }
     for name in args.parity_variants:
-        precision, conv = variants[name]
+        precision, conv, *residual = variants[name]
         mo = args.parity_objects
-        pred = predictor(loaded, device, precision, mo, conv=conv)
+        pred = predictor(
+            loaded, device, precision, mo, conv=conv, residual=(residual or ["fp32"])[0]
+        )
         warm(pred, mo)
         res = BatchedCanvas(image, pred, options, max_objects=mo).segment_all(seeds)
         out[name] = run_stats(res, flops, mo) | {
             "max_objects": mo,
             "conv": pred.conv,
+            "residual": pred.residual,
             "compiled": pred.compiled,
             "vs_fp32_sequential": agreement(fp32.labels, res.labels),
             "vs_google_seg": agreement(google, res.labels),
@@ -398,6 +403,7 @@ def section_throughput(args, device, results) -> None:
             deterministic=False,
             pow2_batches=args.b_conv != "triton",  # Triton kernels take any batch size
             conv=args.b_conv,
+            residual=args.b_residual,
         )
         t0 = time.perf_counter()
         for n in sorted({batch_bucket(k) for k in range(1, args.max_batch + 1)}, reverse=True):
@@ -455,6 +461,7 @@ def run_b(args, image, grid, pred, flops, entry, warm_s) -> dict[str, Any]:
         "fill_workers": args.fill_workers,
         "precision": pred.precision,
         "conv": pred.conv,
+        "residual": pred.residual,
         "compiled": pred.compiled,
         "block_seeding_s": round(seeding_s, 2),
         "warmup_s": round(warm_s, 1),
@@ -666,6 +673,9 @@ def main() -> None:
     parser.add_argument("--volumes", nargs="*", default=None, help="name parts (s2, s1)")
     parser.add_argument("--grid2", type=int, nargs=3, default=None, help="a second grid")
     parser.add_argument("--b-precision", default="bf16", help="precision of (b)")
+    parser.add_argument(
+        "--b-residual", default="fp32", help="residual stream of (b): fp32 or low (zsplit)"
+    )
     parser.add_argument(
         "--b-conv", default="auto", help="convolutions of (b): auto, zsplit, zstack, triton"
     )

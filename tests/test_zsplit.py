@@ -68,6 +68,12 @@ def test_predictor_with_zsplit_predicts_as_conv3d():
     assert fast.conv == "zsplit" and not fast.compiled
     stacked = FovPredictor(model, "cpu", "fp32", threads=1, conv="zstack")
     np.testing.assert_allclose(stacked.predict(image, pom), ref.predict(image, pom), atol=1e-4)
+    low_stream = FovPredictor(model, "cpu", "fp32", threads=1, conv="zsplit", residual="low")
+    np.testing.assert_allclose(low_stream.predict(image, pom), ref.predict(image, pom), atol=1e-4)
+    with pytest.raises(InputError, match="ffn.residual 'low'"):
+        FovPredictor(model, "cpu", "bf16", threads=1, conv="conv3d", residual="low")
+    with pytest.raises(InputError, match="ffn.residual"):
+        FovPredictor(model, "cpu", "bf16", threads=1, conv="zsplit", residual="fp8")
     assert FovPredictor(model, "cpu", "bf16", threads=1).conv == "conv3d"  # auto on the CPU
     np.testing.assert_allclose(fast.predict(image, pom), ref.predict(image, pom), atol=1e-4)
     # predict_into: the same logits written in place (5 FOVs padded to 8)

@@ -174,8 +174,10 @@ class FovPredictor:
     (default: the cores this process may use). ``memory_format``: ``channels_last``
     (NDHWC, what cuDNN and oneDNN prefer), ``contiguous`` (NCDHW) or ``auto``
     (channels_last on CUDA, contiguous on the CPU). ``compile``: wrap the forward pass in
-    ``torch.compile`` (None: for ``zsplit`` on CUDA only). ``conv``: ``auto``, ``conv3d`` or
-    ``zsplit`` (module docstring).
+    ``torch.compile`` (None: for ``zsplit`` on CUDA only). ``conv``: ``auto``, ``conv3d``,
+    ``zsplit``, ``zstack`` or ``triton`` (module docstring). ``residual``: the residual stream
+    of ``zsplit``/``zstack`` in float32 (``fp32``) or in the convolutions' precision
+    (``low``: fewer bytes per voxel, faster on a GPU).
     ``fixed_batch``: every model call holds exactly this many FOVs (None: as many as asked).
     ``pow2_batches`` (without ``fixed_batch``): calls are padded to one of a few sizes
     (:func:`batch_bucket`), so that few batch shapes occur
@@ -199,6 +201,7 @@ class FovPredictor:
         deterministic: bool = True,
         pow2_batches: bool = False,
         conv: str = "auto",
+        residual: str = "fp32",
     ) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"ffn.precision {precision!r}: choose one of {sorted(PRECISIONS)}")
@@ -208,6 +211,8 @@ class FovPredictor:
             )
         if conv not in CONVS:
             raise InputError(f"ffn.conv {conv!r}: choose one of {list(CONVS)}")
+        if residual not in ("fp32", "low"):
+            raise InputError(f"ffn.residual {residual!r}: choose 'fp32' or 'low'")
         if fixed_batch is not None and int(fixed_batch) < 1:
             raise InputError(f"ffn.fixed_batch {fixed_batch!r}: must be >= 1")
         self.device = resolve_device(device)
@@ -232,13 +237,17 @@ class FovPredictor:
             cuda_low = self.device.type == "cuda" and low
             conv = "zsplit" if cuda_low and triton_available() else "conv3d"
         self.conv = conv
+        if residual == "low" and conv not in ("zsplit", "zstack"):
+            raise InputError(f"ffn.residual 'low': only with ffn.conv zsplit or zstack, not {conv}")
+        self.residual = residual
         if conv == "triton" and not triton_available():
             raise InputError("ffn.conv 'triton': Triton is not installed")
         if conv in ("zsplit", "zstack", "triton"):
             dtype = PRECISIONS[precision] if low else torch.float32
             if conv in ("zsplit", "zstack"):
                 form = "split" if conv == "zsplit" else "stack"
-                self._forward = ZSplitStack(self.model, dtype, form).to(self.device)
+                stream = dtype if residual == "low" else torch.float32
+                self._forward = ZSplitStack(self.model, dtype, form, stream).to(self.device)
             else:
                 from ffnflow.ffn.triton_conv import TritonStack  # imports Triton
 
