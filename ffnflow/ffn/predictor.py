@@ -15,9 +15,12 @@ Numerics, per ``precision``:
 
 Convolutions, per ``conv``: ``conv3d`` (cuDNN/oneDNN 3D convolutions), ``zsplit`` (each
 3x3x3 convolution as a 2D convolution over every z section plus a shifted sum, module
-:mod:`ffnflow.ffn.zsplit`) or ``triton`` (one fused Triton kernel per convolution, module
-:mod:`ffnflow.ffn.triton_conv`; CUDA: 3940-4020 FOV/s on an H200, slower than z-split);
-the latter two have the numerics of the mixed stack above. ``auto`` takes
+:mod:`ffnflow.ffn.zsplit`), ``zstack`` (the z neighbours as 3x the input features of one 2D
+convolution; slower on an H200) or ``triton`` (one fused Triton kernel per convolution,
+module :mod:`ffnflow.ffn.triton_conv`; CUDA: 3940-4530 FOV/s on an H200, not faster than
+z-split); these have the numerics of the mixed stack above (``residual="low"`` keeps the
+z-split residual stream in the low precision instead: 1.15x faster at batch 256 on an
+H200, and further from float32). ``auto`` takes
 ``zsplit`` compiled with ``torch.compile`` for bf16/fp16 on CUDA when Triton is present,
 else ``conv3d``. On an H200, z-split ran the FIB-25 model at 4750-4850 FOV/s (218-222
 TFLOP/s) against 2500 for cuDNN's 3D convolutions at batch 256

@@ -11,9 +11,24 @@ memory traffic per voxel. The first convolution (image and POM logits, 2 feature
 is one kernel of float32 multiply-adds that writes the residual stream and its ReLU, and
 the last one ends with the final 1x1x1 convolution and the addition of the input logits.
 
-Launch parameters (rows per program, warps, pipeline stages, whether the 27 taps are an
-unrolled sequence or a pipelined loop) are :data:`LAUNCH` unless given; ``"m128,w4,s3,u1"``
-strings (:func:`parse_launch`) name them for benchmarks.
+Three kernels, chosen by the launch parameters:
+
+- the tap kernel (default): 27 ``(BLOCK_M, C) @ (C, C')`` products per program;
+- the pair kernel (``p1``): two z sections per program, per (dy, dx) tap the four input
+  sections' rows side by side times a ``(4C, 2C')`` kernel (two of its eight blocks zero):
+  9 deeper and wider products (:func:`pair_weight`);
+- the halo kernel (``g1``-``g8``, :func:`conv3x3x3_halo`): activations with a one-voxel
+  zero halo, so that a tap is a constant row shift with no bounds checks, and 1-8 taps per
+  product (:func:`group_weight`).
+
+On an H200 (batch 256, ``benchmarks/results/ffn_forward_variants_*_h200.log``) one layer
+ran at 202-205 TFLOP/s (tap), 218 (pair) and at most 166 (halo); the z-split 2D
+convolution alone at 356. The pair kernel's model (4476-4533 FOV/s) matched z-split
+compiled at best.
+
+Launch parameters (rows per program, warps, pipeline stages, whether the taps are an
+unrolled sequence or a pipelined loop, the kernel) are :data:`LAUNCH` unless given;
+``"m128,w4,s3,u1"`` strings (:func:`parse_launch`) name them for benchmarks.
 
 Activations are ``(N, z, y, x, C)`` tensors (channels last). :class:`TritonStack` is
 :class:`~ffnflow.ffn.model.ConvStack3D`'s forward pass with the predictor's mixed
