@@ -14,12 +14,10 @@ references (relative L2 error), and prints a table (FOV/s, TFLOP/s):
                   several launch parameters (rows per program, warps, unrolled taps or a
                   pipelined loop with 2-4 stages); ``p1`` launches: the pair kernel (two z
                   sections per program, 9 products of 128-deep sums and 64 outputs);
-                  ``g1/g2/g4``: the halo kernel (zero-haloed activations, 1, 2 or 4 taps
-                  per product, no bounds checks);
 - whole models:   ffnflow's mixed bf16 stack (fp32 residual) eager and compiled, the
                   all-bf16 stack, the zsplit stack eager and compiled, and the Triton
                   stack (bf16 and fp16) with the ``--model-launches`` fastest layer
-                  launches, the z-stack stack and both with a float16 residual stream
+                  launches, the zsplit stack with a float16 residual stream
                   (``--models REGEX`` selects).
 
 Usage: python benchmarks/ffn_forward_variants.py [--batches 128 512] [--seconds 1.5]
@@ -85,8 +83,7 @@ def triton_launches(names: list[str] | None = None) -> list:
     unrolled = [Launch(m, w, 1, True) for m in (64, 128, 256) for w in (4, 8)]
     looped = [Launch(m, w, st, False) for m in (64, 128, 256) for w in (4, 8) for st in (2, 3, 4)]
     pair = [replace(k, pair=True) for k in unrolled + looped if k.num_stages < 4]
-    halo = [replace(k, group=4) for k in unrolled + looped if k.num_stages < 4]
-    return unrolled + looped + pair + halo
+    return unrolled + looped + pair
 
 
 def best_launches(rows: list[dict], k: int) -> list:
@@ -166,24 +163,13 @@ def layer_variants(
         ),
     ]
     if device.type == "cuda" and triton_available():
-        from ffnflow.ffn.triton_conv import conv3x3x3, conv3x3x3_halo, halo_zeros, relaid_weight
+        from ffnflow.ffn.triton_conv import conv3x3x3, relaid_weight
 
-        inner = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
         for launch in triton_launches(launches):
             w_launch = relaid_weight(w32, torch.bfloat16, launch)
-            if launch.group:  # the halo kernel: haloed input and output
-                xh = halo_zeros(xn, c, xn.dtype)
-                xh[inner] = xn
-                out_h = halo_zeros(xn, c, torch.float32)
 
-                def f_triton(launch=launch, w_launch=w_launch, xh=xh, out_h=out_h):
-                    conv3x3x3_halo(xh, w_launch, b32, launch, out=out_h)
-                    return out_h[inner]
-
-            else:
-
-                def f_triton(launch=launch, w_launch=w_launch):
-                    return conv3x3x3(xn, w_launch, b32, launch=launch)[0]
+            def f_triton(launch=launch, w_launch=w_launch):
+                return conv3x3x3(xn, w_launch, b32, launch=launch)[0]
 
             variants.append((f"triton {launch}", f_triton, lambda o: o.permute(0, 4, 1, 2, 3)))
     flops = 2.0 * 27 * c * c * s**3 * batch
@@ -254,17 +240,10 @@ def model_variants(
         variants["model mixed_bf16 compiled"] = torch.compile(mixed._forward, dynamic=False)
     if compile_ and (not only or re.search(only, "model zsplit compiled")):
         variants["model zsplit compiled"] = torch.compile(zs, dynamic=False)
-    h = torch.float16
-    for name, form, res in (
-        ("zstack", "stack", torch.float32),
-        ("zsplit res16", "split", h),
-        ("zstack res16", "stack", h),
-    ):
-        full = f"model {name} fp16 compiled"
-        if compile_ and (not only or re.search(only, full)):
-            variants[full] = torch.compile(
-                ZSplitStack(model, h, form, res).to(device), dynamic=False
-            )
+    full = "model zsplit res16 fp16 compiled"  # float16 convolutions and residual stream
+    if compile_ and (not only or re.search(only, full)):
+        h = torch.float16
+        variants[full] = torch.compile(ZSplitStack(model, h, h).to(device), dynamic=False)
     rows = []
     i_cl = image.contiguous(memory_format=torch.channels_last_3d)
     p_cl = pom.contiguous(memory_format=torch.channels_last_3d)

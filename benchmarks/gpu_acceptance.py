@@ -270,7 +270,6 @@ def section_parity(args, device, results) -> None:
         "bf16_batched_conv3d": ("bf16", "conv3d"),
         "bf16_batched_triton": ("bf16", "triton"),
         "fp16_batched_triton": ("fp16", "triton"),
-        "fp16_batched_zstack": ("fp16", "zstack"),
         "fp16_batched_res16": ("fp16", "zsplit", "low"),
     }
     for name in args.parity_variants:
@@ -677,7 +676,7 @@ def main() -> None:
         "--b-residual", default="fp32", help="residual stream of (b): fp32 or low (zsplit)"
     )
     parser.add_argument(
-        "--b-conv", default="auto", help="convolutions of (b): auto, zsplit, zstack, triton"
+        "--b-conv", default="auto", help="convolutions of (b): auto, zsplit, triton"
     )
     parser.add_argument(
         "--triton-launch", default=None, help="Triton kernel launch, e.g. m128,w4,s3,u1"

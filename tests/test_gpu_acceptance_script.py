@@ -16,6 +16,7 @@ def test_gpu_acceptance_quick_throughput_on_the_cpu(tmp_path):
             sys.executable, str(REPO / "benchmarks" / "gpu_acceptance.py"), str(tmp_path),
             "--quick", "--sections", "env,throughput", "--volumes", "s2",
             "--data", str(SHARED_DATA), "--fill-workers", "1",
+            "--b-precision", "fp32",  # CPUs without native bf16 take minutes in bf16
         ],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ffnflow.errors import InputError
 from ffnflow.ffn.model import ConvStack3D, ModelArch
 from ffnflow.ffn.predictor import FovPredictor, batch_bucket
-from ffnflow.ffn.zsplit import ZSplitStack, zsplit_conv, zsplit_weight, zstack_conv, zstack_weight
+from ffnflow.ffn.zsplit import ZSplitStack, zsplit_conv, zsplit_weight
 
 
 def test_zsplit_conv_equals_conv3d_on_random_data():
@@ -21,21 +21,9 @@ def test_zsplit_conv_equals_conv3d_on_random_data():
     torch.testing.assert_close(got.permute(0, 4, 1, 2, 3), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_zstack_conv_equals_conv3d_on_random_data():
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 5, 7, 6, 9, generator=gen)
-    w = torch.randn(4, 5, 3, 3, 3, generator=gen)
-    b = torch.randn(4, generator=gen)
-    ref = F.conv3d(x, w, b, padding=1)
-    got = zstack_conv(x.permute(0, 2, 3, 4, 1).contiguous(), zstack_weight(w), b)
-    torch.testing.assert_close(got.permute(0, 4, 1, 2, 3), ref, rtol=1e-5, atol=1e-5)
-
-
 def test_zsplit_weight_refuses_other_kernels():
     with pytest.raises(ValueError, match="3x3x3"):
         zsplit_weight(torch.zeros(4, 4, 1, 1, 1))
-    with pytest.raises(ValueError, match="3x3x3"):
-        zstack_weight(torch.zeros(4, 4, 1, 1, 1))
 
 
 def test_zsplit_stack_equals_the_model_in_float32():
@@ -46,15 +34,11 @@ def test_zsplit_stack_equals_the_model_in_float32():
     with torch.no_grad():
         ref = model(image, pom)
         got = ZSplitStack(model, torch.float32)(image, pom)
-        stacked = ZSplitStack(model, torch.float32, "stack")(image, pom)
         low_stream = ZSplitStack(model, torch.float32, residual_dtype=torch.bfloat16)(image, pom)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(stacked, ref, rtol=1e-4, atol=1e-5)
     # a bfloat16 residual stream rounds it (8 bits) after every module, and no more
     err = (low_stream - ref).abs().max() / ref.abs().max()
     assert 0 < err < 0.05
-    with pytest.raises(ValueError, match="form"):
-        ZSplitStack(model, torch.float32, "diagonal")
 
 
 def test_predictor_with_zsplit_predicts_as_conv3d():
@@ -66,8 +50,6 @@ def test_predictor_with_zsplit_predicts_as_conv3d():
     ref = FovPredictor(model, "cpu", "fp32", threads=1, conv="conv3d")
     fast = FovPredictor(model, "cpu", "fp32", threads=1, conv="zsplit", pow2_batches=True)
     assert fast.conv == "zsplit" and not fast.compiled
-    stacked = FovPredictor(model, "cpu", "fp32", threads=1, conv="zstack")
-    np.testing.assert_allclose(stacked.predict(image, pom), ref.predict(image, pom), atol=1e-4)
     low_stream = FovPredictor(model, "cpu", "fp32", threads=1, conv="zsplit", residual="low")
     np.testing.assert_allclose(low_stream.predict(image, pom), ref.predict(image, pom), atol=1e-4)
     with pytest.raises(InputError, match="ffn.residual 'low'"):

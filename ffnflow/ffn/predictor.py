@@ -15,8 +15,7 @@ Numerics, per ``precision``:
 
 Convolutions, per ``conv``: ``conv3d`` (cuDNN/oneDNN 3D convolutions), ``zsplit`` (each
 3x3x3 convolution as a 2D convolution over every z section plus a shifted sum, module
-:mod:`ffnflow.ffn.zsplit`), ``zstack`` (the z neighbours as 3x the input features of one 2D
-convolution; slower on an H200) or ``triton`` (one fused Triton kernel per convolution,
+:mod:`ffnflow.ffn.zsplit`) or ``triton`` (one fused Triton kernel per convolution,
 module :mod:`ffnflow.ffn.triton_conv`; CUDA: 3940-4530 FOV/s on an H200, not faster than
 z-split); these have the numerics of the mixed stack above (``residual="low"`` keeps the
 z-split residual stream in the low precision instead: 1.15x faster at batch 256 on an
@@ -63,7 +62,7 @@ PRECISIONS = {
     "fp16": torch.float16,
 }
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-CONVS = ("auto", "conv3d", "zsplit", "zstack", "triton")
+CONVS = ("auto", "conv3d", "zsplit", "triton")
 # torch.compile's limit on the shapes of one function (one per padded batch size).
 _RECOMPILE_LIMIT = 32
 
@@ -178,8 +177,8 @@ class FovPredictor:
     (NDHWC, what cuDNN and oneDNN prefer), ``contiguous`` (NCDHW) or ``auto``
     (channels_last on CUDA, contiguous on the CPU). ``compile``: wrap the forward pass in
     ``torch.compile`` (None: for ``zsplit`` on CUDA only). ``conv``: ``auto``, ``conv3d``,
-    ``zsplit``, ``zstack`` or ``triton`` (module docstring). ``residual``: the residual stream
-    of ``zsplit``/``zstack`` in float32 (``fp32``) or in the convolutions' precision
+    ``zsplit`` or ``triton`` (module docstring). ``residual``: the residual stream
+    of ``zsplit`` in float32 (``fp32``) or in the convolutions' precision
     (``low``: fewer bytes per voxel, faster on a GPU).
     ``fixed_batch``: every model call holds exactly this many FOVs (None: as many as asked).
     ``pow2_batches`` (without ``fixed_batch``): calls are padded to one of a few sizes
@@ -240,17 +239,16 @@ class FovPredictor:
             cuda_low = self.device.type == "cuda" and low
             conv = "zsplit" if cuda_low and triton_available() else "conv3d"
         self.conv = conv
-        if residual == "low" and conv not in ("zsplit", "zstack"):
-            raise InputError(f"ffn.residual 'low': only with ffn.conv zsplit or zstack, not {conv}")
+        if residual == "low" and conv != "zsplit":
+            raise InputError(f"ffn.residual 'low': only with ffn.conv zsplit, not {conv}")
         self.residual = residual
         if conv == "triton" and not triton_available():
             raise InputError("ffn.conv 'triton': Triton is not installed")
-        if conv in ("zsplit", "zstack", "triton"):
+        if conv in ("zsplit", "triton"):
             dtype = PRECISIONS[precision] if low else torch.float32
-            if conv in ("zsplit", "zstack"):
-                form = "split" if conv == "zsplit" else "stack"
+            if conv == "zsplit":
                 stream = dtype if residual == "low" else torch.float32
-                self._forward = ZSplitStack(self.model, dtype, form, stream).to(self.device)
+                self._forward = ZSplitStack(self.model, dtype, stream).to(self.device)
             else:
                 from ffnflow.ffn.triton_conv import TritonStack  # imports Triton
 
@@ -259,7 +257,7 @@ class FovPredictor:
             self._forward = _MixedStack(self.model, self.device.type, PRECISIONS[precision])
         self.deterministic = bool(deterministic)
         if compile is None:
-            compile = conv in ("zsplit", "zstack") and self.device.type == "cuda"
+            compile = conv == "zsplit" and self.device.type == "cuda"
         self.compiled = bool(compile)
         self._compile_unproven = self.compiled  # until its first call succeeds
         if compile:

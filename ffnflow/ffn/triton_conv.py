@@ -11,20 +11,18 @@ memory traffic per voxel. The first convolution (image and POM logits, 2 feature
 is one kernel of float32 multiply-adds that writes the residual stream and its ReLU, and
 the last one ends with the final 1x1x1 convolution and the addition of the input logits.
 
-Three kernels, chosen by the launch parameters:
+Two kernels, chosen by the launch parameters:
 
 - the tap kernel (default): 27 ``(BLOCK_M, C) @ (C, C')`` products per program;
 - the pair kernel (``p1``): two z sections per program, per (dy, dx) tap the four input
   sections' rows side by side times a ``(4C, 2C')`` kernel (two of its eight blocks zero):
-  9 deeper and wider products (:func:`pair_weight`);
-- the halo kernel (``g1``-``g8``, :func:`conv3x3x3_halo`): activations with a one-voxel
-  zero halo, so that a tap is a constant row shift with no bounds checks, and 1-8 taps per
-  product (:func:`group_weight`).
+  9 deeper and wider products (:func:`pair_weight`).
 
 On an H200 (batch 256, ``benchmarks/results/ffn_forward_variants_*_h200.log``) one layer
-ran at 202-205 TFLOP/s (tap), 218 (pair) and at most 166 (halo); the z-split 2D
-convolution alone at 356. The pair kernel's model (4476-4533 FOV/s) matched z-split
-compiled at best.
+ran at 202-205 TFLOP/s (tap) and 218 (pair); the z-split 2D convolution alone at 356.
+The pair kernel's model (4476-4533 FOV/s) matched z-split compiled at best. A third
+kernel on zero-haloed activations (no bounds checks, 1-8 taps per product; commit
+fb4c81d, since removed) ran at 98-166 TFLOP/s.
 
 Launch parameters (rows per program, warps, pipeline stages, whether the taps are an
 unrolled sequence or a pipelined loop, the kernel) are :data:`LAUNCH` unless given;
@@ -230,89 +228,6 @@ def _pair_product(
 
 
 @triton.jit
-def _conv3x3x3_halo_kernel(
-    x_ptr,  # (N, Z+2, Y+2, X+2, CIN) activations with a zero halo, dtype of the weights
-    w_ptr,  # (DOTS, G * CIN, COUT) from group_weight: G taps per product
-    b_ptr,
-    res_ptr,  # (N, Z+2, Y+2, X+2, COUT) float32 (HAS_RES; may be out_ptr)
-    out_ptr,  # (N, Z+2, Y+2, X+2, COUT) float32 (WRITE_F32); only the interior is written
-    low_ptr,  # (N, Z+2, Y+2, X+2, COUT) dtype of x (WRITE_RELU_LOW); the halo stays as it is
-    lom_w_ptr,
-    lom_b_ptr,
-    lom_ptr,  # (N, Z+2, Y+2, X+2) float32: the final 1x1x1 convolution (FINAL)
-    Z: tl.constexpr,
-    Y: tl.constexpr,
-    X: tl.constexpr,
-    TILES: tl.constexpr,  # programs per FOV: cdiv(Z * (Y+2) * (X+2), BLOCK_M)
-    CIN: tl.constexpr,
-    COUT: tl.constexpr,
-    G: tl.constexpr,  # taps per product (1, 2, 4 or 8)
-    DOTS: tl.constexpr,  # cdiv(27, G)
-    BLOCK_M: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    WRITE_F32: tl.constexpr,
-    WRITE_RELU_LOW: tl.constexpr,
-    FINAL: tl.constexpr,
-    UNROLL: tl.constexpr,
-    STAGES: tl.constexpr,
-):
-    """One program: BLOCK_M consecutive rows of the haloed volume's inner z sections (halo
-    rows in y and x are computed and not stored). With the zero halo a tap is a constant
-    row shift and needs no bounds checks; G taps side by side make one ``G * CIN`` deep
-    product."""
-    pid = tl.program_id(0)
-    XP: tl.constexpr = X + 2
-    PLANE: tl.constexpr = (Y + 2) * XP
-    n = pid // TILES
-    offs = (pid % TILES) * BLOCK_M + tl.arange(0, BLOCK_M)
-    yp = (offs // XP) % (Y + 2)
-    xp = offs % XP
-    ok = (offs < Z * PLANE) & (yp >= 1) & (yp <= Y) & (xp >= 1) & (xp <= X)
-    rows = n * (Z + 2) * PLANE + PLANE + offs
-    offs_g = tl.arange(0, G)
-    offs_c = tl.arange(0, CIN)
-    offs_o = tl.arange(0, COUT)
-    w_rows = tl.arange(0, G * CIN)[:, None] * COUT + offs_o[None, :]
-    acc = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
-    if UNROLL:
-        for d in tl.static_range(DOTS):
-            acc = _group_product(x_ptr, w_ptr, w_rows, rows, ok, offs_g, offs_c, d, acc,
-                                 Y, X, CIN, COUT, G, BLOCK_M)  # fmt: skip
-    else:
-        for d in tl.range(0, DOTS, num_stages=STAGES):
-            acc = _group_product(x_ptr, w_ptr, w_rows, rows, ok, offs_g, offs_c, d, acc,
-                                 Y, X, CIN, COUT, G, BLOCK_M)  # fmt: skip
-    acc += tl.load(b_ptr + offs_o)[None, :]
-    idx = rows[:, None] * COUT + offs_o[None, :]
-    if HAS_RES:
-        acc += tl.load(res_ptr + idx, mask=ok[:, None], other=0.0)
-    if WRITE_F32:
-        tl.store(out_ptr + idx, acc, mask=ok[:, None])
-    if WRITE_RELU_LOW:
-        relu = tl.maximum(acc, 0.0)
-        tl.store(low_ptr + idx, relu.to(low_ptr.dtype.element_ty), mask=ok[:, None])
-    if FINAL:
-        lom = tl.sum(tl.maximum(acc, 0.0) * tl.load(lom_w_ptr + offs_o)[None, :], axis=1)
-        tl.store(lom_ptr + rows, lom + tl.load(lom_b_ptr), mask=ok)
-
-
-@triton.jit
-def _group_product(
-    x_ptr, w_ptr, w_rows, rows, ok, offs_g, offs_c, d, acc, Y, X,
-    CIN: tl.constexpr, COUT: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """``acc`` plus product ``d`` of the halo kernel: taps ``d*G .. d*G + G - 1`` (dz, dy,
-    dx major; taps past 27 have zero weights and load nothing)."""
-    tap = d * G + offs_g
-    shift = ((tap // 9 - 1) * (Y + 2) + (tap // 3) % 3 - 1) * (X + 2) + tap % 3 - 1
-    src = (rows[:, None] + shift[None, :]) * CIN  # (BLOCK_M, G)
-    ok2 = ok[:, None] & (tap < 27)[None, :]
-    a = tl.load(x_ptr + src[:, :, None] + offs_c[None, None, :], mask=ok2[:, :, None], other=0.0)
-    w = tl.load(w_ptr + d * (G * CIN) * COUT + w_rows)
-    return tl.dot(tl.reshape(a, (BLOCK_M, G * CIN)), w, acc)
-
-
-@triton.jit
 def _conv_first_kernel(
     x_ptr,  # (N, Z, Y, X, CIN) float32 input (image, POM logits)
     w_ptr,  # (27, CIN, COUT) float32
@@ -358,15 +273,10 @@ class Launch:
     num_stages: int = 3
     unroll: bool = False
     pair: bool = False
-    group: int = 0
-
-    def __post_init__(self) -> None:
-        if self.group not in (0, 1, 2, 4, 8) or (self.group and self.pair):
-            raise ValueError(f"triton launch {self}: g is 0, 1, 2, 4 or 8, and not with p1")
 
     def __str__(self) -> str:
         text = f"m{self.block_m},w{self.num_warps},s{self.num_stages},u{int(self.unroll)}"
-        return text + (",p1" if self.pair else "") + (f",g{self.group}" if self.group else "")
+        return text + (",p1" if self.pair else "")
 
 
 #: The default launch parameters (see ``benchmarks/ffn_forward_variants.py``).
@@ -375,16 +285,11 @@ LAUNCH = Launch()
 
 def parse_launch(text: str) -> Launch:
     """``"m128,w4,s3,u1"`` (any subset, any order) as a :class:`Launch`."""
-    keys = {
-        "m": "block_m", "w": "num_warps", "s": "num_stages", "u": "unroll", "p": "pair",
-        "g": "group",
-    }  # fmt: skip
+    keys = {"m": "block_m", "w": "num_warps", "s": "num_stages", "u": "unroll", "p": "pair"}
     values: dict = {}
     for part in filter(None, text.replace(" ", "").split(",")):
         if part[:1] not in keys or not part[1:].isdigit():
-            raise ValueError(
-                f"triton launch {text!r}: {part!r} is not m<int>, w, s, u, p or g<int>"
-            )
+            raise ValueError(f"triton launch {text!r}: {part!r} is not m<int>, w, s, u or p<int>")
         values[keys[part[0]]] = int(part[1:])
     for flag in ("unroll", "pair"):
         if flag in values:
@@ -417,22 +322,9 @@ def pair_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.to(dtype).contiguous()
 
 
-def group_weight(weight: torch.Tensor, dtype: torch.dtype, group: int) -> torch.Tensor:
-    """A 3D kernel ``(C', C, 3, 3, 3)`` as the halo kernel's ``(cdiv(27, group), group*C,
-    C')``: ``group`` taps (dz, dy, dx major) per product, zero past the 27th."""
-    taps = tap_weight(weight, torch.float32)  # (27, C, C')
-    dots = -(-27 // group)
-    padded = taps.new_zeros((dots * group, *taps.shape[1:]))
-    padded[:27] = taps
-    return padded.reshape(dots, group * taps.shape[1], taps.shape[2]).to(dtype).contiguous()
-
-
 def relaid_weight(weight: torch.Tensor, dtype: torch.dtype, launch: Launch | None) -> torch.Tensor:
     """``weight`` laid out for the kernel that ``launch`` (default :data:`LAUNCH`) names."""
-    launch = launch or LAUNCH
-    if launch.group:
-        return group_weight(weight, dtype, launch.group)
-    return (pair_weight if launch.pair else tap_weight)(weight, dtype)
+    return (pair_weight if (launch or LAUNCH).pair else tap_weight)(weight, dtype)
 
 
 def _check_size(shape: tuple[int, ...], channels: int) -> int:
@@ -463,8 +355,6 @@ def conv3x3x3(
     instead the output logits ``(N, z, y, x)``: ``inputs[..., 1]`` plus the 1x1x1
     convolution of the ReLU of the result."""
     launch = launch or LAUNCH
-    if launch.group:
-        raise ValueError(f"triton conv: launch {launch} is the halo kernel's: conv3x3x3_halo")
     n, z, y, xx, c_in = x.shape
     c_out = weight.shape[2] // 2 if launch.pair else weight.shape[2]
     expected = (9, 4 * c_in, 2 * c_out) if launch.pair else (27, c_in, c_out)
@@ -525,54 +415,6 @@ def conv3x3x3(
     return out, low
 
 
-def halo_zeros(like: torch.Tensor, channels: int, dtype: torch.dtype) -> torch.Tensor:
-    """Zeros ``(N, z+2, y+2, x+2, channels)`` for activations ``like`` ``(N, z, y, x, C)``:
-    the halo kernel's layout (its inner part is written, its one-voxel halo stays zero)."""
-    n, z, y, x = like.shape[:4]
-    return torch.zeros((n, z + 2, y + 2, x + 2, channels), dtype=dtype, device=like.device)
-
-
-def conv3x3x3_halo(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    launch: Launch,
-    low: torch.Tensor | None = None,
-    out: torch.Tensor | None = None,
-    residual: torch.Tensor | None = None,
-    final: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> None:
-    """3x3x3 convolution of ``x`` ``(N, z+2, y+2, x+2, C)`` (zero halo, see
-    :func:`halo_zeros`) with ``weight`` from :func:`group_weight` for ``launch.group`` and
-    float32 ``bias``, plus ``residual`` (float32, same layout; may be ``out``). Writes the
-    inner part of ``out`` (float32), of ``low`` (the ReLU, ``x``'s dtype) and, with
-    ``final = (lom_weight (C',), lom_bias (1,), lom (N, z+2, y+2, x+2))``, of ``lom``: the
-    final 1x1x1 convolution of the ReLU."""
-    n, zp, yp, xp, c_in = x.shape
-    z, y, xx = zp - 2, yp - 2, xp - 2
-    group = launch.group
-    c_out = weight.shape[2]
-    if tuple(weight.shape) != (-(-27 // group), group * c_in, c_out):
-        raise ValueError(f"triton conv: kernel {tuple(weight.shape)} is not for launch {launch}")
-    _check_size(x.shape[:4], max(c_in, c_out))
-    for name, t in (("low", low), ("out", out), ("residual", residual)):
-        if t is not None and tuple(t.shape) != (n, zp, yp, xp, c_out):
-            raise ValueError(f"triton conv: {name} {tuple(t.shape)} does not match x")
-    lom_w, lom_b, lom = final if final is not None else (bias, bias, bias)
-    tiles = triton.cdiv(z * yp * xp, launch.block_m)
-    _conv3x3x3_halo_kernel[(n * tiles,)](
-        x.contiguous(), weight, bias,
-        residual if residual is not None else bias,
-        out if out is not None else bias,
-        low if low is not None else x,
-        lom_w, lom_b, lom,
-        Z=z, Y=y, X=xx, TILES=tiles, CIN=c_in, COUT=c_out, G=group, DOTS=-(-27 // group),
-        BLOCK_M=launch.block_m, HAS_RES=residual is not None, WRITE_F32=out is not None,
-        WRITE_RELU_LOW=low is not None, FINAL=final is not None, UNROLL=launch.unroll,
-        STAGES=launch.num_stages, num_warps=launch.num_warps, num_stages=launch.num_stages,
-    )  # fmt: skip
-
-
 def conv_first(
     inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -616,8 +458,6 @@ class TritonStack(RelaidConvStack):
         inputs = torch.cat([image, pom_logits], dim=1).float().permute(0, 2, 3, 4, 1)
         inputs = inputs.contiguous()  # (N, z, y, x, 2)
         _, h = conv_first(inputs, self.w0a, self.b0a, self.dtype)
-        if k.group:
-            return self._forward_halo(inputs, h)
         x, h = conv3x3x3(h, self.w0b, self.b0b, write_relu_low=True, launch=k)
         last = len(self.wa) - 1
         for i, (wa, ba, wb, bb) in enumerate(zip(self.wa, self.ba, self.wb, self.bb)):
@@ -631,26 +471,4 @@ class TritonStack(RelaidConvStack):
                 return logits.unsqueeze(1)
         # depth 1: no residual modules
         lom = torch.relu(x) @ self.w_lom + self.b_lom
-        return (inputs[..., 1] + lom).unsqueeze(1)
-
-    def _forward_halo(self, inputs: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-        """The forward pass after the first convolution (ReLU ``h0``) with the halo kernel:
-        two zero-haloed low-precision buffers in turn and a float32 residual stream."""
-        k = self.launch
-        inner = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
-        c = self.b0b.shape[0]
-        ha, hb = halo_zeros(h0, c, self.dtype), halo_zeros(h0, c, self.dtype)
-        ha[inner] = h0
-        x = torch.empty_like(ha, dtype=torch.float32)  # only its inner part is ever read
-        conv3x3x3_halo(ha, self.w0b, self.b0b, k, low=hb, out=x)
-        last = len(self.wa) - 1
-        for i, (wa, ba, wb, bb) in enumerate(zip(self.wa, self.ba, self.wb, self.bb)):
-            conv3x3x3_halo(hb, wa, ba, k, low=ha)
-            if i < last:
-                conv3x3x3_halo(ha, wb, bb, k, low=hb, out=x, residual=x)
-            else:
-                lom = torch.empty(x.shape[:4], dtype=torch.float32, device=x.device)
-                conv3x3x3_halo(ha, wb, bb, k, residual=x, final=(self.w_lom, self.b_lom, lom))
-                return (inputs[..., 1] + lom[inner]).unsqueeze(1)
-        lom = torch.relu(x[inner]) @ self.w_lom + self.b_lom  # depth 1
         return (inputs[..., 1] + lom).unsqueeze(1)
