@@ -136,17 +136,16 @@ def layer_variants(
         x2 = xn.reshape(batch * s, s, s, c).permute(0, 3, 1, 2)
         return F.conv2d(x2, w_split, None, padding=1)
 
-    def f_zstack():
+    def z_stacked():
+        """(B*Z, 3C, Y, X): every section's z neighbours side by side as features."""
         pad = F.pad(xn, (0, 0, 0, 0, 0, 0, 1, 1))  # (B, Z+2, Y, X, C)
         st = torch.cat([pad[:, :-2], pad[:, 1:-1], pad[:, 2:]], dim=-1)  # (B,Z,Y,X,3C)
-        x2 = st.reshape(batch * s, s, s, 3 * c).permute(0, 3, 1, 2)
-        return F.conv2d(x2, w_stack, b, padding=1)
+        return st.reshape(batch * s, s, s, 3 * c).permute(0, 3, 1, 2)
 
-    x_stacked = (
-        torch.cat([F.pad(xn, (0, 0, 0, 0, 0, 0, 1, 1))[:, i : i + s] for i in range(3)], -1)
-        .reshape(batch * s, s, s, 3 * c)
-        .permute(0, 3, 1, 2)
-    )
+    def f_zstack():
+        return F.conv2d(z_stacked(), w_stack, b, padding=1)
+
+    x_stacked = z_stacked()
 
     def f_zstack_conv_only():
         return F.conv2d(x_stacked, w_stack, None, padding=1)

@@ -347,8 +347,8 @@ def conv3x3x3(
     final: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """3x3x3 convolution (zero padding 1) of ``x`` ``(N, z, y, x, C)`` with ``weight`` from
-    :func:`relaid_weight` for ``launch`` and float32 ``bias``, plus ``residual`` (float32; may be updated in
-    place: pass the same tensor as the result). Returns the float32 result (or None) and
+    :func:`relaid_weight` for ``launch`` and float32 ``bias``, plus ``residual`` (float32;
+    may be updated in place: pass the same tensor as the result). Returns the float32 result (or None) and
     its ReLU in ``x``'s dtype (or None).
 
     With ``final = (lom_weight (C',), lom_bias (1,), inputs (N, z, y, x, 2))`` it returns

@@ -68,13 +68,13 @@ class ZSplitStack(RelaidConvStack):
         self.residual_dtype = residual_dtype
 
     def forward(self, image: torch.Tensor, pom_logits: torch.Tensor) -> torch.Tensor:
-        dt, rt, conv = self.dtype, self.residual_dtype, zsplit_conv
+        dt, rt = self.dtype, self.residual_dtype
         x = torch.cat([image, pom_logits], dim=1).float()
         x = self.conv0_a(x.contiguous(memory_format=torch.channels_last_3d))
         x = x.permute(0, 2, 3, 4, 1)  # (N, z, y, x, C)
-        x = conv(torch.relu(x).to(dt), self.w0b, self.b0b).to(rt)
+        x = zsplit_conv(torch.relu(x).to(dt), self.w0b, self.b0b).to(rt)
         for wa, ba, wb, bb in zip(self.wa, self.ba, self.wb, self.bb):
-            h = conv(torch.relu(x).to(dt), wa, ba)
-            x = (x.float() + conv(torch.relu(h).to(dt), wb, bb)).to(rt)
+            h = zsplit_conv(torch.relu(x).to(dt), wa, ba)
+            x = (x.float() + zsplit_conv(torch.relu(h).to(dt), wb, bb)).to(rt)
         lom = torch.relu(x.float()) @ self.w_lom + self.b_lom  # (N, z, y, x)
         return pom_logits.float() + lom.unsqueeze(1)
