@@ -16,10 +16,11 @@ Sections, each guarded by a time budget, each adding to ``OUT/gpu_acceptance.jso
                batched bf16 engine (z-split convolutions, compiled) over the whole
                volume as a ``--grid`` of blocks (with ``--context``) filled in
                ``--fill-workers`` processes whose FOVs share forward passes
-               (``segment_canvases_in_workers``). FOV/s over the whole run and in
-               steady state (10-90 % of the FOVs), TFLOP/s (50 GFLOP per FOV x forward
-               passes run), mean batch, share of the time in model calls, peak GPU
-               memory.
+               (``segment_canvases_in_workers``), in model calls of ``--b-batch``
+               FOVs with ``--in-flight`` calls at a time. FOV/s over the whole run and
+               in steady state (10-90 % of the FOVs), TFLOP/s (50 GFLOP per FOV x
+               forward passes run), mean batch, the share of the run the device spent
+               in model calls (CUDA events), peak GPU memory.
 ``training``   training throughput (FOV/s, forward + backward) of the FIB-25 architecture
                in bf16 for a few batch sizes.
 ``finetune``   fine-tunes the published weights on x 0-125 of ``fib25_s2_train.h5`` for
@@ -126,12 +127,14 @@ def warm(pred: FovPredictor, n: int) -> None:
 
 
 class TimedPredictor:
-    """A predictor's ``predict_into`` with the start, end and size of every call."""
+    """A predictor's ``submit``/``predict_into`` with the start, landing and size of every
+    call (a call's landing is when the engine first saw it done)."""
 
     def __init__(self, pred: FovPredictor) -> None:
         self.pred = pred
         self.fov_size_zyx = pred.fov_size_zyx
         self.deltas_zyx = pred.deltas_zyx
+        self.fixed_batch = pred.fixed_batch
         self.calls: list[tuple[float, float, int]] = []
 
     def pin_host_memory(self, array) -> bool:
@@ -141,9 +144,33 @@ class TimedPredictor:
         self.pred.unpin_host_memory(array)
 
     def predict_into(self, parts) -> None:
+        self.submit(parts).wait()
+
+    def submit(self, parts):
         t0 = time.perf_counter()
-        self.pred.predict_into(parts)
-        self.calls.append((t0, time.perf_counter(), sum(int(i.shape[0]) for i, _ in parts)))
+        call = self.pred.submit(parts)
+        n = sum(int(i.shape[0]) for i, _ in parts)
+        calls = self.calls
+
+        class Timed:
+            landed = False
+
+            def _mark(self) -> None:
+                if not self.landed:
+                    self.landed = True
+                    calls.append((t0, time.perf_counter(), n))
+
+            def done(self) -> bool:
+                if call.done():
+                    self._mark()
+                    return True
+                return False
+
+            def wait(self) -> None:
+                call.wait()
+                self._mark()
+
+        return Timed()
 
     def steady_rate(self, t_start: float) -> dict[str, float]:
         """FOV/s between the ends of the calls that reached 10 % and 90 % of all FOVs
@@ -395,40 +422,54 @@ def section_throughput(args, device, results) -> None:
         # (b) the batched bf16 engine: the volume's blocks (with context) filled together
         # in worker processes, their FOVs sharing forward passes
         # (ffnflow.ffn.workers.segment_canvases_in_workers).
-        pred = FovPredictor(
-            loaded.model,
-            str(device),
-            args.b_precision,
-            deterministic=False,
-            pow2_batches=args.b_conv != "triton",  # Triton kernels take any batch size
-            conv=args.b_conv,
-            residual=args.b_residual,
-        )
-        t0 = time.perf_counter()
-        for n in sorted({batch_bucket(k) for k in range(1, args.max_batch + 1)}, reverse=True):
-            warm(pred, n)  # compile, and a cuDNN plan per padded batch size
-        warm_s = time.perf_counter() - t0
         grids = [args.grid] + ([args.grid2] if args.grid2 else [])
         if args.quick:
             grids = [[1, 1, 2]]
-        for i, grid in enumerate(grids):
-            key = "b_batched_bf16_blocks" + ("_grid2" if i else "")  # the name of runs 1-4
-            entry[key] = run_b(args, image, grid, pred, flops, entry, warm_s)
-            log.info("%s (b) %s", name, entry[key])
-            warm_s = 0.0
-            write_results(args, results)
-        del pred
+        block_seeds: dict[tuple[int, ...], tuple[list, float]] = {}  # per grid, reused
+        for v, (b_batch, in_flight) in enumerate(args.b_variants or [(args.b_batch, None)]):
+            pred = FovPredictor(
+                loaded.model,
+                str(device),
+                args.b_precision,
+                deterministic=False,
+                fixed_batch=b_batch or None,
+                pow2_batches=args.b_conv != "triton",  # Triton kernels take any batch size
+                conv=args.b_conv,
+                residual=args.b_residual,
+            )
+            t0 = time.perf_counter()
+            sizes = {batch_bucket(k) for k in range(1, args.max_batch + 1)}
+            for n in [pred.fixed_batch] if pred.fixed_batch else sorted(sizes, reverse=True):
+                warm(pred, n)  # compile, and a cuDNN plan per padded batch size
+            warm_s = time.perf_counter() - t0
+            for i, grid in enumerate(grids):
+                # the names of runs 1-4; variants after the first: their batch and calls
+                key = "b_batched_bf16_blocks" + ("_grid2" if i else "")
+                if v:
+                    key += f"_batch{b_batch}_x{in_flight or args.in_flight}"
+                entry[key] = run_b(
+                    args, image, grid, pred, flops, entry, warm_s, block_seeds, in_flight
+                )
+                log.info("%s (b) %s", name, entry[key])
+                warm_s = 0.0
+                write_results(args, results)
+            del pred
         results["throughput"][name] = entry
         write_results(args, results)
 
 
-def run_b(args, image, grid, pred, flops, entry, warm_s) -> dict[str, Any]:
-    """(b) over ``image`` as a ``grid`` of blocks; the stats (see section_throughput)."""
+def run_b(
+    args, image, grid, pred, flops, entry, warm_s, seed_cache, in_flight=None
+) -> dict[str, Any]:
+    """(b) over ``image`` as a ``grid`` of blocks; the stats (see section_throughput).
+    ``seed_cache``: the blocks' seeds per grid, filled on first use."""
     device = pred.device
+    in_flight = in_flight or args.in_flight
     blocks = block_slices(image.shape, grid, args.context)
-    t0 = time.perf_counter()
-    block_seeds = [seeds_of(image[b]) for b in blocks]
-    seeding_s = time.perf_counter() - t0
+    if tuple(grid) not in seed_cache:
+        t0 = time.perf_counter()
+        seed_cache[tuple(grid)] = ([seeds_of(image[b]) for b in blocks], time.perf_counter() - t0)
+    block_seeds, seeding_s = seed_cache[tuple(grid)]
     reset_peak(device)
     timed = TimedPredictor(pred)
     canvases = [
@@ -442,10 +483,17 @@ def run_b(args, image, grid, pred, flops, entry, warm_s) -> dict[str, Any]:
         for b in blocks
     ]
     t0 = time.perf_counter()
+    gpu_s0 = pred.gpu_seconds
     res = segment_canvases_in_workers(
-        canvases, block_seeds, timed, args.fill_workers, max_batch=args.max_batch
+        canvases,
+        block_seeds,
+        timed,
+        args.fill_workers,
+        max_batch=args.max_batch,
+        in_flight=in_flight,
     )
     wall = time.perf_counter() - t0
+    gpu_s = pred.gpu_seconds - gpu_s0
     run = sum(int(r.counters["fov_evaluations_total"]) for r in res)
     kept = sum(int(r.counters["fov_evaluations"]) for r in res)
     calls = len(timed.calls)
@@ -475,10 +523,15 @@ def run_b(args, image, grid, pred, flops, entry, warm_s) -> dict[str, Any]:
         "steady_window_s": steady["window_s"],
         "model_calls": calls,
         "mean_batch": round(run / max(calls, 1), 1),
+        "fixed_batch": pred.fixed_batch,
+        "in_flight": in_flight,
         "mean_padded_batch": round(
-            sum(batch_bucket(n) for _, _, n in timed.calls) / max(calls, 1), 1
+            sum(pred.fixed_batch or batch_bucket(n) for _, _, n in timed.calls) / max(calls, 1),
+            1,
         ),
-        "gpu_call_fraction": round(sum(e - b for b, e, _ in timed.calls) / wall, 3),
+        # device time of the model calls (CUDA events), as a share of the run
+        "gpu_busy_fraction": round(gpu_s / wall, 3) if device.type == "cuda" else None,
+        "fov_per_gpu_s": round(run / gpu_s, 1) if gpu_s > 0 else None,
         "voxels_per_s_blocks": round(sum(image[b].size for b in blocks) / wall, 1),
         "peak_gpu_gib": peak_memory_gib(device),
         "speedup_vs_a": round(run / wall / a_rate, 2),
@@ -652,6 +705,15 @@ def write_results(args, results) -> None:
     tmp.replace(path)
 
 
+def batch_and_calls(text: str) -> tuple[int, int]:
+    """``BATCH:IN_FLIGHT`` (``--b-variants``)."""
+    try:
+        batch, calls = (int(v) for v in text.split(":"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BATCH:IN_FLIGHT, e.g. 48:2") from exc
+    return batch, calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", help="output folder (JSON, log, fine-tuned checkpoint)")
@@ -691,6 +753,15 @@ def main() -> None:
     parser.add_argument("--block-lookahead", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=512, help="FOVs per model call")
     parser.add_argument(
+        "--b-batch", type=int, default=48,
+        help="FOVs per model call of (b), padded (0: any size, padded to a few sizes)",
+    )  # fmt: skip
+    parser.add_argument("--in-flight", type=int, default=2, help="model calls in flight in (b)")
+    parser.add_argument(
+        "--b-variants", nargs="+", default=None, type=batch_and_calls,
+        help="several (b) runs per volume, as BATCH:IN_FLIGHT (e.g. 48:2 64:2 48:1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--fill-workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)),
         help="worker processes of (b)",
     )  # fmt: skip
@@ -702,6 +773,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:  # the CPU: no batches of 512 FOVs through the full model
         args.max_batch, args.block_objects = 4, 2
+        args.b_batch = min(args.b_batch, 4)
+        args.b_variants = [(min(b, 4), k) for b, k in args.b_variants or []]
     if args.triton_launch:
         import ffnflow.ffn.triton_conv as triton_conv  # needs Triton
 

@@ -27,5 +27,6 @@ def test_gpu_acceptance_quick_throughput_on_the_cpu(tmp_path):
     a, b = entry["a_sequential_fp32"], entry["b_batched_bf16_blocks"]
     assert a["fov_evaluations"] > 0 and a["fov_per_s"] > 0
     assert b["blocks"] == 2 and b["fov_evaluations_run"] >= b["fov_evaluations_kept"] > 0
+    assert b["fixed_batch"] == 4 and b["mean_padded_batch"] == 4 and b["in_flight"] == 2
     assert b["speedup_vs_a"] == pytest.approx(b["fov_per_s"] / a["fov_per_s"], rel=0.05, abs=0.01)
     assert (tmp_path / "gpu_acceptance.log").stat().st_size > 0

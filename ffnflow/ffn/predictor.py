@@ -137,6 +137,55 @@ def _padded(image: np.ndarray, pom_logits: np.ndarray, k: int) -> tuple[np.ndarr
     )
 
 
+def split_parts(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], limit: int
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """``(inputs, outputs)`` parts regrouped into chunks of at most ``limit`` FOVs (a part
+    may be cut between two chunks); the order of the FOVs is kept."""
+    chunks: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
+    size = 0
+    for inputs, outputs in parts:
+        start = 0
+        while start < inputs.shape[0]:
+            if size == limit:
+                chunks.append([])
+                size = 0
+            take = min(limit - size, int(inputs.shape[0]) - start)
+            chunks[-1].append((inputs[start : start + take], outputs[start : start + take]))
+            size += take
+            start += take
+    return [c for c in chunks if c]
+
+
+class PendingPrediction:
+    """A model call started by :meth:`FovPredictor.submit`: ``done()`` tells whether its
+    logits have landed in the outputs, ``wait()`` blocks until they have. Calls that ran
+    synchronously (on the CPU) are done at once."""
+
+    def __init__(self, landed=None, timing=None, predictor: FovPredictor | None = None) -> None:
+        self._landed = landed
+        self._timing = timing
+        self._predictor = predictor
+
+    def done(self) -> bool:
+        if self._landed is not None and not self._landed.query():
+            return False
+        self._finish()
+        return True
+
+    def wait(self) -> None:
+        if self._landed is not None:
+            self._landed.synchronize()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._landed = None
+        if self._timing is not None and self._predictor is not None:
+            start, end = self._timing
+            self._predictor.gpu_seconds += start.elapsed_time(end) / 1e3
+        self._timing = None
+
+
 class _MixedStack(nn.Module):
     """ConvStack3D's forward with low-precision convolutions where rounding is harmless.
 
@@ -277,6 +326,8 @@ class FovPredictor:
         self.fov_evaluations = 0
         self.model_calls = 0
         self._pinned: torch.Tensor | None = None  # host staging buffer (N, 2, z, y, x)
+        self._copies: torch.cuda.Stream | None = None  # host-device copies of submit()
+        self.gpu_seconds = 0.0  # device time of the model calls of submit() that landed
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         """The forward pass on ``x`` ``(N, 2, z, y, x)`` (image, POM logits). If the first call
@@ -367,39 +418,86 @@ class FovPredictor:
         each ``outputs`` (float32 ``(n_i, z, y, x)``) in place.
 
         ``inputs`` is float32 ``(n_i, 2, z, y, x)``: channel 0 the normalised image, 1 the
-        POM logits. All parts go through the model together (split by ``fixed_batch``,
-        padded as :meth:`predict` pads); they are copied straight to the device and back,
-        with no host staging copy (asynchronously where :meth:`pin_host_memory` pinned
-        them). The inputs may be reused once this returns.
+        POM logits. All parts go through the model together (in calls of ``fixed_batch``
+        FOVs when set, else padded as :meth:`predict` pads); they are copied straight to
+        the device and back, with no host staging copy (asynchronously where
+        :meth:`pin_host_memory` pinned them). The inputs may be reused once this returns.
+        """
+        if self.fixed_batch is None:
+            self.submit(parts).wait()
+            return
+        pending = [self.submit(chunk) for chunk in split_parts(parts, self.fixed_batch)]
+        for call in pending:
+            call.wait()
+
+    def submit(self, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> PendingPrediction:
+        """Start one model call on ``parts`` (as :meth:`predict_into`; at most
+        ``fixed_batch`` FOVs when that is set) and return without waiting for it on CUDA.
+
+        The logits are in the ``outputs`` once the returned handle's ``wait()`` returns,
+        and the ``inputs`` must not change before that. Calls run in the order submitted;
+        their copies to and from the device run on a second CUDA stream, so that one
+        call's copies overlap the model of another.
         """
         n = sum(int(i.shape[0]) for i, _ in parts)
         if n == 0:
-            return
+            return PendingPrediction()
         if self.fixed_batch is not None:
-            predict_into_with_predict(self, parts)
-            return
-        k = batch_bucket(n) if self.pow2_batches else n
+            if n > self.fixed_batch:
+                raise InputError(
+                    f"FovPredictor.submit: {n} FOVs in one call, more than fixed_batch "
+                    f"{self.fixed_batch}"
+                )
+            k = self.fixed_batch
+        else:
+            k = batch_bucket(n) if self.pow2_batches else n
+        shape = (k, 2, *self.fov_size_zyx)
+        cuda = self.device.type == "cuda"
         with torch.inference_mode(), self._cudnn_flags():
-            x = torch.empty((k, 2, *self.fov_size_zyx), dtype=torch.float32, device=self.device)
-            offset = 0
-            for inputs, _ in parts:
-                m = int(inputs.shape[0])
-                x[offset : offset + m].copy_(torch.from_numpy(inputs), non_blocking=True)
-                offset += m
+            compute = torch.cuda.current_stream(self.device) if cuda else None
+            copy = self._copy_stream() if cuda else None
+            with torch.cuda.stream(copy) if cuda else contextlib.nullcontext():
+                # Allocated on the copy stream: its memory is not in use by queued model work.
+                x = torch.empty(shape, dtype=torch.float32, device=self.device)
+                offset = 0
+                for inputs, _ in parts:
+                    m = int(inputs.shape[0])
+                    x[offset : offset + m].copy_(torch.from_numpy(inputs), non_blocking=cuda)
+                    offset += m
+            if cuda:
+                compute.wait_stream(copy)
+                x.record_stream(compute)
+                start = torch.cuda.Event(enable_timing=True)
+                start.record(compute)
             if k > n:  # padding: copies of the first FOV (outputs dropped)
                 x[n:k].copy_(x[0:1].expand(k - n, *x.shape[1:]))
             if self.memory_format == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             out = self._call(x)[:n, 0].float()
-            offset = 0
-            for _, host in parts:
-                m = int(host.shape[0])
-                torch.from_numpy(host).copy_(out[offset : offset + m], non_blocking=True)
-                offset += m
-            if self.device.type == "cuda":  # the copies into the outputs have landed
-                torch.cuda.current_stream(self.device).synchronize()
+            end = None
+            if cuda:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record(compute)
+                copy.wait_stream(compute)
+                out.record_stream(copy)
+            with torch.cuda.stream(copy) if cuda else contextlib.nullcontext():
+                offset = 0
+                for _, host in parts:
+                    m = int(host.shape[0])
+                    torch.from_numpy(host).copy_(out[offset : offset + m], non_blocking=cuda)
+                    offset += m
+                landed = None
+                if cuda:
+                    landed = torch.cuda.Event()
+                    landed.record(copy)
         self.model_calls += 1
         self.fov_evaluations += n
+        return PendingPrediction(landed, (start, end) if cuda else None, self)
+
+    def _copy_stream(self) -> torch.cuda.Stream:
+        if self._copies is None:
+            self._copies = torch.cuda.Stream(self.device)
+        return self._copies
 
     def predict(self, image: np.ndarray, pom_logits: np.ndarray) -> np.ndarray:
         """New POM logits (float32, N, z, y, x) for FOVs of normalised ``image``, ``pom_logits``."""

@@ -5,11 +5,13 @@ queues, POM boxes, seed checks: about 0.5-1 ms of Python and numpy per FOV) in t
 process that also drives the GPU, so a fast GPU waits for one CPU core.
 :func:`segment_canvases_in_workers` spreads the canvases over ``workers`` forked
 processes. Each worker advances its canvases one step, writes their FOV inputs into its
-shared-memory slot and tells the main process how many there are; the main process takes
-the inputs of every worker that is ready, runs them through the predictor in one call
-(at most ``max_batch`` FOVs per call), writes the logits back and releases those
-workers. Workers compute while the GPU runs other workers' FOVs, so CPU and GPU work
-overlap and the CPU work runs on ``workers`` cores.
+shared-memory slot and tells the main process how many there are; the main process
+queues the FOVs of the workers that are ready and sends them through the predictor in
+calls of ``fixed_batch`` FOVs (the predictor's, or at most ``max_batch``), launching the
+next call while the previous one runs (``in_flight`` calls at a time, with a predictor
+that has ``submit``); once all of a worker's FOVs have landed, it is released. Workers
+compute while the GPU runs other workers' FOVs, so CPU and GPU work overlap, the CPU
+work runs on ``workers`` cores and the GPU does not wait for the main process.
 
 Each canvas's result is exactly what its own ``segment_all`` gives when the predictor's
 output for a FOV does not depend on the rest of its batch (as for
@@ -23,6 +25,7 @@ from __future__ import annotations
 import mmap
 import multiprocessing as mp
 import traceback
+from collections import deque
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection, wait
 
@@ -32,6 +35,8 @@ from ffnflow.errors import InputError
 from ffnflow.ffn.batched import BatchedCanvas, send_fill_logits, start_fill_steps
 from ffnflow.ffn.canvas import SegmentationResult, Zyx
 from ffnflow.ffn.predictor import predict_into_with_predict
+
+_POLL_S = 0.0003  # how long the main process waits for a worker between looks at the device
 
 
 def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
@@ -79,13 +84,16 @@ def segment_canvases_in_workers(
     predictor,
     workers: int,
     max_batch: int | None = None,
+    in_flight: int = 2,
 ) -> list[SegmentationResult]:
     """Flood-fill ``canvases`` (each from its ``seeds``, z, y, x) in ``workers`` processes,
     their FOVs evaluated by ``predictor`` in this process.
 
-    ``predictor`` needs ``predict_into`` (as :class:`~ffnflow.ffn.predictor.FovPredictor`)
-    or ``predict``; the canvases only need its geometry (``fov_size_zyx``,
-    ``deltas_zyx``). Returns one result per canvas, in order.
+    ``predictor`` needs ``submit`` (as :class:`~ffnflow.ffn.predictor.FovPredictor`; up to
+    ``in_flight`` calls at a time), ``predict_into`` or ``predict``; the canvases only
+    need its geometry (``fov_size_zyx``, ``deltas_zyx``). Calls hold the predictor's
+    ``fixed_batch`` FOVs (fewer only when the device would otherwise wait), at most
+    ``max_batch``. Returns one result per canvas, in order.
     """
     if len(canvases) != len(seeds):
         raise InputError(f"segment_canvases: {len(canvases)} canvases but {len(seeds)} seed lists")
@@ -126,12 +134,15 @@ def segment_canvases_in_workers(
     # Page-locked slots: the device copies them without a staging copy (CUDA).
     pin = getattr(predictor, "pin_host_memory", None)
     pinned = [a for slot in slots for a in slot if pin is not None and pin(a)]
+    feeder = _Feeder(predictor, slots, max_batch, in_flight)
     results: dict[int, SegmentationResult] = {}
     live = dict(conns)
+    by_worker = {w: conn for conn, w in conns.items()}
     try:
-        while live:
-            ready: list[tuple[Connection, int, int]] = []
-            for conn in wait(list(live)):
+        while live or feeder.busy():
+            # Block for the workers only when there is nothing else to do.
+            idle = not feeder.busy()
+            for conn in wait(list(live), None if idle else 0) if live else []:
                 w = live[conn]
                 try:
                     msg = conn.recv()
@@ -141,18 +152,29 @@ def segment_canvases_in_workers(
                         f"fill worker {w} died (exit code {procs[w].exitcode})"
                     ) from exc
                 if isinstance(msg, int):
-                    ready.append((conn, w, msg))
+                    if msg:
+                        feeder.add(w, msg)
+                    else:
+                        conn.send("go")
                 elif msg[0] == "results":
                     results.update(msg[1])
                     del live[conn]
                 else:
                     raise RuntimeError(f"fill worker {w} failed:\n{msg[1]}")
-            if not ready:
-                continue
-            _evaluate(predictor, [(slots[w], n) for _, w, n in ready], max_batch)
-            for conn, _, _ in ready:
-                conn.send("go")
+            progressed = feeder.launch()
+            for w in feeder.land(block=not live):
+                by_worker[w].send("go")
+                progressed = True
+            if not progressed and feeder.busy():
+                # Calls in flight and too few FOVs for another: a short wait for a worker
+                # (or, with every call slot taken, for the oldest call) before looking again.
+                if feeder.full() or not live:
+                    for w in feeder.land(block=True):
+                        by_worker[w].send("go")
+                else:
+                    wait(list(live), _POLL_S)
     finally:
+        feeder.drain()  # no copy may still write into the slots
         for conn in conns:
             if conn in live:
                 try:
@@ -169,31 +191,106 @@ def segment_canvases_in_workers(
     return [results[i] for i in range(len(canvases))]
 
 
-def _evaluate(predictor, ready: list[tuple[tuple[np.ndarray, np.ndarray], int]], max_batch):
-    """Predict the FOVs of the ready workers' slots, writing their outputs in place."""
-    parts = [(inputs[:n], outputs[:n]) for (inputs, outputs), n in ready if n]
-    total = sum(int(i.shape[0]) for i, _ in parts)
-    limit = int(max_batch) if max_batch else max(total, 1)
-    # Calls of at most ``limit`` FOVs; a worker's FOVs may span two calls.
-    chunk: list[tuple[np.ndarray, np.ndarray]] = []
-    size = 0
-    for inputs, outputs in parts:
-        start = 0
-        while start < inputs.shape[0]:
-            take = min(limit - size, inputs.shape[0] - start)
-            chunk.append((inputs[start : start + take], outputs[start : start + take]))
-            size += take
-            start += take
-            if size >= limit:
-                _predict_chunk(predictor, chunk)
-                chunk, size = [], 0
-    _predict_chunk(predictor, chunk)
+class _SyncCall:
+    """A finished call (predictors without ``submit``)."""
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        pass
 
 
-def _predict_chunk(predictor, chunk: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    if not chunk:
-        return
-    if hasattr(predictor, "predict_into"):
-        predictor.predict_into(chunk)
-    else:
-        predict_into_with_predict(predictor, chunk)
+class _Feeder:
+    """The ready workers' FOVs, queued and sent through the predictor in calls of
+    ``batch`` FOVs with up to ``depth`` calls in flight (while one call runs on the device,
+    the next is copied there and launched). A call is launched when ``batch`` FOVs are
+    queued, or with fewer when no call is running (so the device never waits for FOVs
+    that are there). A worker is released once all its FOVs have landed."""
+
+    def __init__(self, predictor, slots, max_batch: int | None, depth: int) -> None:
+        self.predictor = predictor
+        self.slots = slots
+        fixed = getattr(predictor, "fixed_batch", None)
+        limits = [int(v) for v in (fixed, max_batch) if v]
+        self.batch = min(limits) if limits else None  # None: any size
+        self.submit = getattr(predictor, "submit", None)
+        self.depth = max(1, int(depth)) if self.submit is not None else 1
+        self.queue: deque[list[int]] = deque()  # [worker, first FOV, end] in its slot
+        self.queued = 0
+        self.owed: dict[int, int] = {}  # FOVs of a worker not landed yet
+        self.flights: deque[tuple[object, list[tuple[int, int]]]] = deque()
+
+    def add(self, w: int, n: int) -> None:
+        self.queue.append([w, 0, n])
+        self.queued += n
+        self.owed[w] = n
+
+    def busy(self) -> bool:
+        return bool(self.flights or self.queued)
+
+    def full(self) -> bool:
+        return len(self.flights) >= self.depth
+
+    def launch(self) -> bool:
+        """Launch every call that may start now; whether one did."""
+        launched = False
+        while self.queued and not self.full():
+            if self.flights and self.batch and self.queued < self.batch:
+                break  # a call is running: wait for a full batch
+            if self.flights and not self.batch:
+                break  # any size: one call at a time, as large as the queue
+            self._launch(min(self.queued, self.batch or self.queued))
+            launched = True
+        return launched
+
+    def _launch(self, size: int) -> None:
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        counts: list[tuple[int, int]] = []
+        taken = 0
+        while taken < size:
+            item = self.queue[0]
+            w, start, end = item
+            take = min(size - taken, end - start)
+            inputs, outputs = self.slots[w]
+            parts.append((inputs[start : start + take], outputs[start : start + take]))
+            counts.append((w, take))
+            taken += take
+            if start + take == end:
+                self.queue.popleft()
+            else:
+                item[1] = start + take
+        self.queued -= taken
+        if self.submit is not None:
+            call = self.submit(parts)
+        else:
+            if hasattr(self.predictor, "predict_into"):
+                self.predictor.predict_into(parts)
+            else:
+                predict_into_with_predict(self.predictor, parts)
+            call = _SyncCall()
+        self.flights.append((call, counts))
+
+    def land(self, block: bool = False) -> list[int]:
+        """Collect the calls that have landed (all of them, in order, if ``block``; else
+        the finished ones at the front); the workers whose FOVs have all landed."""
+        released = []
+        while self.flights and (block or self.flights[0][0].done()):
+            call, counts = self.flights.popleft()
+            call.wait()
+            for w, m in counts:
+                self.owed[w] -= m
+                if self.owed[w] == 0:
+                    del self.owed[w]
+                    released.append(w)
+            if block:
+                break  # the oldest only: the others keep the device busy
+        return released
+
+    def drain(self) -> None:
+        """Wait for every call in flight (errors ignored: used while giving up)."""
+        while self.flights:
+            try:
+                self.flights.popleft()[0].wait()
+            except Exception:  # noqa: BLE001 - already failing
+                pass
