@@ -426,13 +426,20 @@ def section_throughput(args, device, results) -> None:
         if args.quick:
             grids = [[1, 1, 2]]
         block_seeds: dict[tuple[int, ...], tuple[list, float]] = {}  # per grid, reused
-        for v, (b_batch, in_flight) in enumerate(args.b_variants or [(args.b_batch, None)]):
+        for v, variant in enumerate(args.b_variants or [{}]):
+            variant = {
+                "batch": args.b_batch,
+                "flight": args.in_flight,
+                "objects": args.block_objects,
+                "lookahead": args.block_lookahead,
+                "target": 0,
+            } | variant
             pred = FovPredictor(
                 loaded.model,
                 str(device),
                 args.b_precision,
                 deterministic=False,
-                fixed_batch=b_batch or None,
+                fixed_batch=variant["batch"] or None,
                 pow2_batches=args.b_conv != "triton",  # Triton kernels take any batch size
                 conv=args.b_conv,
                 residual=args.b_residual,
@@ -443,12 +450,12 @@ def section_throughput(args, device, results) -> None:
                 warm(pred, n)  # compile, and a cuDNN plan per padded batch size
             warm_s = time.perf_counter() - t0
             for i, grid in enumerate(grids):
-                # the names of runs 1-4; variants after the first: their batch and calls
+                # the names of runs 1-4; variants after the first: their settings
                 key = "b_batched_bf16_blocks" + ("_grid2" if i else "")
                 if v:
-                    key += f"_batch{b_batch}_x{in_flight or args.in_flight}"
+                    key += "_" + "_".join(f"{k}{variant[k]}" for k in VARIANT_KEYS)
                 entry[key] = run_b(
-                    args, image, grid, pred, flops, entry, warm_s, block_seeds, in_flight
+                    args, image, grid, pred, flops, entry, warm_s, block_seeds, variant
                 )
                 log.info("%s (b) %s", name, entry[key])
                 warm_s = 0.0
@@ -458,13 +465,12 @@ def section_throughput(args, device, results) -> None:
         write_results(args, results)
 
 
-def run_b(
-    args, image, grid, pred, flops, entry, warm_s, seed_cache, in_flight=None
-) -> dict[str, Any]:
+def run_b(args, image, grid, pred, flops, entry, warm_s, seed_cache, variant) -> dict[str, Any]:
     """(b) over ``image`` as a ``grid`` of blocks; the stats (see section_throughput).
-    ``seed_cache``: the blocks' seeds per grid, filled on first use."""
+    ``seed_cache``: the blocks' seeds per grid, filled on first use; ``variant``: calls in
+    flight, objects and lookahead per block, target batch (see ``b_variant``)."""
     device = pred.device
-    in_flight = in_flight or args.in_flight
+    in_flight = variant["flight"]
     blocks = block_slices(image.shape, grid, args.context)
     if tuple(grid) not in seed_cache:
         t0 = time.perf_counter()
@@ -477,13 +483,14 @@ def run_b(
             image[b],
             pred,
             InferenceOptions(),
-            max_objects=args.block_objects,
-            lookahead=args.block_lookahead,
+            max_objects=variant["objects"],
+            lookahead=variant["lookahead"],
         )  # fmt: skip
         for b in blocks
     ]
     t0 = time.perf_counter()
     gpu_s0 = pred.gpu_seconds
+    feed: dict[str, Any] = {}
     res = segment_canvases_in_workers(
         canvases,
         block_seeds,
@@ -491,6 +498,8 @@ def run_b(
         args.fill_workers,
         max_batch=args.max_batch,
         in_flight=in_flight,
+        batch=variant["target"] or None,
+        stats=feed,
     )
     wall = time.perf_counter() - t0
     gpu_s = pred.gpu_seconds - gpu_s0
@@ -503,8 +512,9 @@ def run_b(
         "grid": list(grid),
         "blocks": len(blocks),
         "context": args.context,
-        "objects_per_block": args.block_objects,
-        "lookahead_per_block": args.block_lookahead,
+        "objects_per_block": variant["objects"],
+        "lookahead_per_block": variant["lookahead"],
+        "target_batch": variant["target"] or None,
         "fill_workers": args.fill_workers,
         "precision": pred.precision,
         "conv": pred.conv,
@@ -534,6 +544,7 @@ def run_b(
         "fov_per_gpu_s": round(run / gpu_s, 1) if gpu_s > 0 else None,
         "voxels_per_s_blocks": round(sum(image[b].size for b in blocks) / wall, 1),
         "peak_gpu_gib": peak_memory_gib(device),
+        "feed": feed,
         "speedup_vs_a": round(run / wall / a_rate, 2),
         "speedup_vs_a_kept": round(kept / wall / a_rate, 2),
         "steady_speedup_vs_a": round(steady["fov_per_s"] / a_rate, 2),
@@ -705,13 +716,22 @@ def write_results(args, results) -> None:
     tmp.replace(path)
 
 
-def batch_and_calls(text: str) -> tuple[int, int]:
-    """``BATCH:IN_FLIGHT`` (``--b-variants``)."""
-    try:
-        batch, calls = (int(v) for v in text.split(":"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected BATCH:IN_FLIGHT, e.g. 48:2") from exc
-    return batch, calls
+VARIANT_KEYS = ("batch", "flight", "objects", "lookahead", "target")
+
+
+def b_variant(text: str) -> dict[str, int]:
+    """A (b) variant, ``KEY=N,...`` with keys ``batch`` (FOVs per call, padded; 0: any
+    size), ``flight`` (calls in flight), ``objects`` and ``lookahead`` (per block),
+    ``target`` (with batch 0: FOVs queued before a second call starts)."""
+    out = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key not in VARIANT_KEYS or not value.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"--b-variants {text!r}: expected KEY=N,... with keys {', '.join(VARIANT_KEYS)}"
+            )
+        out[key] = int(value)
+    return out
 
 
 def main() -> None:
@@ -758,8 +778,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--in-flight", type=int, default=2, help="model calls in flight in (b)")
     parser.add_argument(
-        "--b-variants", nargs="+", default=None, type=batch_and_calls,
-        help="several (b) runs per volume, as BATCH:IN_FLIGHT (e.g. 48:2 64:2 48:1)",
+        "--b-variants", nargs="+", default=None, type=b_variant,
+        help="several (b) runs per volume, e.g. batch=48,flight=2 batch=0,objects=32,target=32",
     )  # fmt: skip
     parser.add_argument(
         "--fill-workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)),
@@ -774,7 +794,9 @@ def main() -> None:
     if args.quick:  # the CPU: no batches of 512 FOVs through the full model
         args.max_batch, args.block_objects = 4, 2
         args.b_batch = min(args.b_batch, 4)
-        args.b_variants = [(min(b, 4), k) for b, k in args.b_variants or []]
+        for v in args.b_variants or []:
+            v["batch"] = min(v.get("batch", args.b_batch), 4)
+            v["objects"] = min(v.get("objects", args.block_objects), 2)
     if args.triton_launch:
         import ffnflow.ffn.triton_conv as triton_conv  # needs Triton
 

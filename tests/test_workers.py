@@ -164,10 +164,14 @@ def test_calls_in_flight_release_workers_only_once_their_fovs_landed():
     ]
     predictor = DelayedDecayPredictor(0.1)
     canvases = [BatchedCanvas(image[b], predictor, OPTIONS, max_objects=3) for b in BLOCKS]
-    got = segment_canvases_in_workers(canvases, seeds, predictor, 3, in_flight=2)
+    stats = {}
+    got = segment_canvases_in_workers(canvases, seeds, predictor, 3, in_flight=2, stats=stats)
     for a, g in zip(alone, got):
         assert_same_result(a, g)
     assert predictor.in_flight == 0 and predictor.most_in_flight == 2
+    assert stats["calls"] == len(predictor.sizes) and stats["calls_while_busy"] >= 1
+    assert stats["mean_call"] == round(sum(predictor.sizes) / len(predictor.sizes), 1)
+    assert 0 < stats["worker_busy_fraction"] <= 1 and stats["worker_steps"] > 0
     assert max(predictor.sizes) == 4  # the predictor's fixed_batch
     assert sum(predictor.sizes) == sum(r.counters["fov_evaluations_total"] for r in got)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import mmap
 import multiprocessing as mp
+import time
 import traceback
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -54,11 +55,14 @@ def _worker_loop(
     inputs: np.ndarray,
     outputs: np.ndarray,
 ) -> None:
-    """Run the fills of canvases ``mine``; talk to the main process over ``conn``."""
+    """Run the fills of canvases ``mine``; talk to the main process over ``conn``. Sends
+    the results with this worker's busy seconds (all but the waits for logits) and steps."""
     try:
+        busy, t = 0.0, time.perf_counter()
         steps = {i: canvases[i].fill_steps(seeds[i]) for i in mine}
         results: dict[int, SegmentationResult] = {}
         pending = start_fill_steps(steps, results)
+        n_steps = 0
         while pending:
             order = sorted(pending)
             k = 0
@@ -68,10 +72,14 @@ def _worker_loop(
                     inputs[k, 1] = pom
                     k += 1
             conn.send(k)
+            busy += time.perf_counter() - t
             if conn.recv() != "go":
                 return  # the main process gave up
+            t = time.perf_counter()
+            n_steps += 1
             pending = send_fill_logits(steps, pending, outputs[:k], results)
-        conn.send(("results", results))
+        busy += time.perf_counter() - t
+        conn.send(("results", results, {"busy_s": busy, "steps": n_steps}))
     except BaseException:  # noqa: BLE001 - reported to the main process, which raises
         conn.send(("error", traceback.format_exc()))
     finally:
@@ -85,15 +93,20 @@ def segment_canvases_in_workers(
     workers: int,
     max_batch: int | None = None,
     in_flight: int = 2,
+    batch: int | None = None,
+    stats: dict | None = None,
 ) -> list[SegmentationResult]:
     """Flood-fill ``canvases`` (each from its ``seeds``, z, y, x) in ``workers`` processes,
     their FOVs evaluated by ``predictor`` in this process.
 
     ``predictor`` needs ``submit`` (as :class:`~ffnflow.ffn.predictor.FovPredictor`; up to
     ``in_flight`` calls at a time), ``predict_into`` or ``predict``; the canvases only
-    need its geometry (``fov_size_zyx``, ``deltas_zyx``). Calls hold the predictor's
-    ``fixed_batch`` FOVs (fewer only when the device would otherwise wait), at most
-    ``max_batch``. Returns one result per canvas, in order.
+    need its geometry (``fov_size_zyx``, ``deltas_zyx``). A call starts while another
+    runs once ``batch`` FOVs are queued (default: the predictor's ``fixed_batch``; None:
+    one call at a time), and with fewer only when none runs; calls hold at most the
+    predictor's ``fixed_batch`` and ``max_batch`` FOVs. ``stats``, when given, is filled
+    with the workers' busy share, the number of calls and their mean size, and the FOVs
+    queued at each launch. Returns one result per canvas, in order.
     """
     if len(canvases) != len(seeds):
         raise InputError(f"segment_canvases: {len(canvases)} canvases but {len(seeds)} seed lists")
@@ -134,8 +147,10 @@ def segment_canvases_in_workers(
     # Page-locked slots: the device copies them without a staging copy (CUDA).
     pin = getattr(predictor, "pin_host_memory", None)
     pinned = [a for slot in slots for a in slot if pin is not None and pin(a)]
-    feeder = _Feeder(predictor, slots, max_batch, in_flight)
+    feeder = _Feeder(predictor, slots, max_batch, in_flight, batch)
     results: dict[int, SegmentationResult] = {}
+    worker_stats: list[dict] = []
+    t_start = time.perf_counter()
     live = dict(conns)
     by_worker = {w: conn for conn, w in conns.items()}
     try:
@@ -158,6 +173,7 @@ def segment_canvases_in_workers(
                         conn.send("go")
                 elif msg[0] == "results":
                     results.update(msg[1])
+                    worker_stats.append(msg[2])
                     del live[conn]
                 else:
                     raise RuntimeError(f"fill worker {w} failed:\n{msg[1]}")
@@ -188,6 +204,19 @@ def segment_canvases_in_workers(
                 proc.kill()
         for array in pinned:
             predictor.unpin_host_memory(array)
+    if stats is not None:
+        wall = time.perf_counter() - t_start
+        busy = [w["busy_s"] for w in worker_stats]
+        stats.update(
+            workers=workers,
+            wall_s=round(wall, 3),
+            worker_busy_fraction=round(sum(busy) / max(wall * workers, 1e-9), 3),
+            worker_steps=sum(w["steps"] for w in worker_stats),
+            calls=feeder.calls,
+            mean_call=round(feeder.launched / max(feeder.calls, 1), 1),
+            mean_queued_at_launch=round(feeder.queued_at_launch / max(feeder.calls, 1), 1),
+            calls_while_busy=feeder.calls_while_busy,
+        )
     return [results[i] for i in range(len(canvases))]
 
 
@@ -202,18 +231,24 @@ class _SyncCall:
 
 
 class _Feeder:
-    """The ready workers' FOVs, queued and sent through the predictor in calls of
-    ``batch`` FOVs with up to ``depth`` calls in flight (while one call runs on the device,
-    the next is copied there and launched). A call is launched when ``batch`` FOVs are
-    queued, or with fewer when no call is running (so the device never waits for FOVs
-    that are there). A worker is released once all its FOVs have landed."""
+    """The ready workers' FOVs, queued and sent through the predictor in calls of at most
+    ``limit`` FOVs (the predictor's ``fixed_batch``, ``max_batch``) with up to ``depth``
+    calls in flight (while one call runs on the device, the next is copied there and
+    launched). A call starts while another runs once ``batch`` FOVs are queued, and with
+    fewer only when none runs (the device never waits for FOVs that are there). A worker
+    is released once all its FOVs have landed."""
 
-    def __init__(self, predictor, slots, max_batch: int | None, depth: int) -> None:
+    def __init__(
+        self, predictor, slots, max_batch: int | None, depth: int, batch: int | None = None
+    ) -> None:
         self.predictor = predictor
         self.slots = slots
         fixed = getattr(predictor, "fixed_batch", None)
         limits = [int(v) for v in (fixed, max_batch) if v]
-        self.batch = min(limits) if limits else None  # None: any size
+        self.limit = min(limits) if limits else None  # None: any size
+        target = batch or fixed
+        self.batch = min(int(target), self.limit or int(target)) if target else None
+        self.calls = self.launched = self.queued_at_launch = self.calls_while_busy = 0
         self.submit = getattr(predictor, "submit", None)
         self.depth = max(1, int(depth)) if self.submit is not None else 1
         self.queue: deque[list[int]] = deque()  # [worker, first FOV, end] in its slot
@@ -236,11 +271,12 @@ class _Feeder:
         """Launch every call that may start now; whether one did."""
         launched = False
         while self.queued and not self.full():
-            if self.flights and self.batch and self.queued < self.batch:
-                break  # a call is running: wait for a full batch
-            if self.flights and not self.batch:
-                break  # any size: one call at a time, as large as the queue
-            self._launch(min(self.queued, self.batch or self.queued))
+            if self.flights and (not self.batch or self.queued < self.batch):
+                break  # a call is running: wait for a full batch (or, without one, for it)
+            self.calls += 1
+            self.queued_at_launch += self.queued
+            self.calls_while_busy += bool(self.flights)
+            self._launch(min(self.queued, self.limit or self.queued))
             launched = True
         return launched
 
@@ -261,6 +297,7 @@ class _Feeder:
             else:
                 item[1] = start + take
         self.queued -= taken
+        self.launched += taken
         if self.submit is not None:
             call = self.submit(parts)
         else:
