@@ -17,6 +17,7 @@ def test_gpu_acceptance_quick_throughput_on_the_cpu(tmp_path):
             "--quick", "--sections", "env,throughput", "--volumes", "s2",
             "--data", str(SHARED_DATA), "--fill-workers", "1",
             "--b-precision", "fp32",  # CPUs without native bf16 take minutes in bf16
+            "--b-variants", "batch=0,flight=1", "batch=4,flight=2,target=2",
         ],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -27,6 +28,9 @@ def test_gpu_acceptance_quick_throughput_on_the_cpu(tmp_path):
     a, b = entry["a_sequential_fp32"], entry["b_batched_bf16_blocks"]
     assert a["fov_evaluations"] > 0 and a["fov_per_s"] > 0
     assert b["blocks"] == 2 and b["fov_evaluations_run"] >= b["fov_evaluations_kept"] > 0
-    assert b["fixed_batch"] == 4 and b["mean_padded_batch"] == 4 and b["in_flight"] == 2
+    assert b["fixed_batch"] is None and b["in_flight"] == 1 and b["feed"]["calls"] > 0
+    fixed = entry["b_batched_bf16_blocks_batch4_flight2_objects2_lookahead64_target2"]
+    assert fixed["fixed_batch"] == 4 and fixed["mean_padded_batch"] == 4
+    assert fixed["fov_evaluations_run"] >= fixed["fov_evaluations_kept"] > 0
     assert b["speedup_vs_a"] == pytest.approx(b["fov_per_s"] / a["fov_per_s"], rel=0.05, abs=0.01)
     assert (tmp_path / "gpu_acceptance.log").stat().st_size > 0
