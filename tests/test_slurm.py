@@ -116,35 +116,46 @@ def test_slurm_profile_runs_every_job_through_sbatch(slurm_cluster, tiny_em_sess
     venv_bin = str(Path(sys.executable).parent)
     env = slurm_cluster.env(extra_path=[venv_bin])  # jobs inherit it (sbatch --export=ALL)
 
-    # Reference: the same request run locally (default workflow profile).
+    # Reference: the same request run locally (default workflow profile), alongside the
+    # SLURM run, which mostly waits for status checks.
     local = tmp_path / "local"
-    local_run = run_snakemake(
-        ["--cores", "2", "--directory", str(local), "--configfile", str(config), "--", TARGET], env
-    )
-    assert local_run.returncode == 0, local_run.stderr[-3000:]
-
-    work = tmp_path / "slurm"
-    t0 = time.monotonic()
-    proc = run_snakemake(
-        [
-            "--workflow-profile",
-            "profiles/slurm",
-            "--directory",
-            str(work),
-            "--configfile",
-            str(config),
-            # test-only speed-ups and evidence; everything else comes from the profile
-            "--slurm-init-seconds-before-status-checks",
-            "2",
-            "--slurm-keep-successful-logs",
-            "--latency-wait",
-            "5",
-            "--",
-            TARGET,
-        ],
-        env,
-    )
+    local_log = tmp_path / "local_run.log"
+    with local_log.open("w") as log_file:
+        local_run = subprocess.Popen(
+            [str(SNAKEMAKE), "--cores", "2", "--directory", str(local), "--configfile",
+             str(config), "--", TARGET],
+            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        work = tmp_path / "slurm"
+        t0 = time.monotonic()
+        proc = run_snakemake(
+            [
+                "--workflow-profile",
+                "profiles/slurm",
+                "--directory",
+                str(work),
+                "--configfile",
+                str(config),
+                # test-only speed-ups and evidence; everything else comes from the profile
+                "--slurm-init-seconds-before-status-checks",
+                "2",
+                "--slurm-keep-successful-logs",
+                "--latency-wait",
+                "5",
+                "--",
+                TARGET,
+            ],
+            env,
+        )
+    except BaseException:
+        local_run.kill()
+        raise
     slurm_s = time.monotonic() - t0
+    local_run.wait(timeout=1200)
+    local_out = local_log.read_text()
+    assert local_run.returncode == 0, local_out[-3000:]
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{out[-4000:]}\n{job_logs(work)}\n{slurm_cluster.log_tail()}"
     print(f"\nSLURM run: {slurm_s:.0f} s; cluster daemons {slurm_cluster.pids}")
@@ -154,9 +165,7 @@ def test_slurm_profile_runs_every_job_through_sbatch(slurm_cluster, tiny_em_sess
     # submission and still lists them (MinJobAge) as COMPLETED, with comments naming the rules.
     ran = re.findall(r"^(local)?rule (\w+):$", out, re.MULTILINE)
     remote = sorted(rule for local, rule in ran if not local)
-    ran_locally = re.findall(
-        r"^localrule (\w+):$", local_run.stdout + local_run.stderr, re.MULTILINE
-    )
+    ran_locally = re.findall(r"^localrule (\w+):$", local_out, re.MULTILINE)
     assert sorted(rule for _, rule in ran) == sorted(ran_locally)  # the same jobs as locally
     assert "segment" in remote, ran
     reported = re.findall(r"has been submitted with SLURM jobid (\d+)", out)

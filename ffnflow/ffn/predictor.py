@@ -237,7 +237,9 @@ class FovPredictor:
     deterministic ones, so runs repeat bit for bit; False lets cuDNN time the candidates
     (``cudnn.benchmark``), which may be faster but can differ between runs. These and
     TF32 are process-wide cuDNN flags: they are set for each ``predict`` call and restored
-    after it. The predictor works on its own copy of ``model``.
+    after it. The predictor works on its own copy of ``model``. :meth:`submit` starts a
+    model call without waiting for it (on CUDA its copies run on a second stream), so that
+    a driver can keep two calls in flight (:func:`ffnflow.ffn.workers.segment_canvases_in_workers`).
     """
 
     def __init__(
