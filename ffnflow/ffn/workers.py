@@ -35,7 +35,7 @@ import numpy as np
 from ffnflow.errors import InputError
 from ffnflow.ffn.batched import BatchedCanvas, send_fill_logits, start_fill_steps
 from ffnflow.ffn.canvas import SegmentationResult, Zyx
-from ffnflow.ffn.predictor import predict_into_with_predict
+from ffnflow.ffn.predictor import PendingPrediction, predict_into_with_predict
 
 _POLL_S = 0.0003  # how long the main process waits for a worker between looks at the device
 
@@ -220,16 +220,6 @@ def segment_canvases_in_workers(
     return [results[i] for i in range(len(canvases))]
 
 
-class _SyncCall:
-    """A finished call (predictors without ``submit``)."""
-
-    def done(self) -> bool:
-        return True
-
-    def wait(self) -> None:
-        pass
-
-
 class _Feeder:
     """The ready workers' FOVs, queued and sent through the predictor in calls of at most
     ``limit`` FOVs (the predictor's ``fixed_batch``, ``max_batch``) with up to ``depth``
@@ -305,7 +295,7 @@ class _Feeder:
                 self.predictor.predict_into(parts)
             else:
                 predict_into_with_predict(self.predictor, parts)
-            call = _SyncCall()
+            call = PendingPrediction()  # done: it ran synchronously
         self.flights.append((call, counts))
 
     def land(self, block: bool = False) -> list[int]:
