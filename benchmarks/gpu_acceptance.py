@@ -433,6 +433,7 @@ def section_throughput(args, device, results) -> None:
                 "objects": args.block_objects,
                 "lookahead": args.block_lookahead,
                 "target": 0,
+                "step": 8,
             } | variant
             pred = FovPredictor(
                 loaded.model,
@@ -443,9 +444,10 @@ def section_throughput(args, device, results) -> None:
                 pow2_batches=args.b_conv != "triton",  # Triton kernels take any batch size
                 conv=args.b_conv,
                 residual=args.b_residual,
+                bucket_step=variant["step"],
             )
             t0 = time.perf_counter()
-            sizes = {batch_bucket(k) for k in range(1, args.max_batch + 1)}
+            sizes = {batch_bucket(k, pred.bucket_step) for k in range(1, args.max_batch + 1)}
             for n in [pred.fixed_batch] if pred.fixed_batch else sorted(sizes, reverse=True):
                 warm(pred, n)  # compile, and a cuDNN plan per padded batch size
             warm_s = time.perf_counter() - t0
@@ -515,6 +517,7 @@ def run_b(args, image, grid, pred, flops, entry, warm_s, seed_cache, variant) ->
         "objects_per_block": variant["objects"],
         "lookahead_per_block": variant["lookahead"],
         "target_batch": variant["target"] or None,
+        "bucket_step": pred.bucket_step,
         "fill_workers": args.fill_workers,
         "precision": pred.precision,
         "conv": pred.conv,
@@ -536,7 +539,8 @@ def run_b(args, image, grid, pred, flops, entry, warm_s, seed_cache, variant) ->
         "fixed_batch": pred.fixed_batch,
         "in_flight": in_flight,
         "mean_padded_batch": round(
-            sum(pred.fixed_batch or batch_bucket(n) for _, _, n in timed.calls) / max(calls, 1),
+            sum(pred.fixed_batch or batch_bucket(n, pred.bucket_step) for _, _, n in timed.calls)
+            / max(calls, 1),
             1,
         ),
         # device time of the model calls (CUDA events), as a share of the run
@@ -716,13 +720,14 @@ def write_results(args, results) -> None:
     tmp.replace(path)
 
 
-VARIANT_KEYS = ("batch", "flight", "objects", "lookahead", "target")
+VARIANT_KEYS = ("batch", "flight", "objects", "lookahead", "target", "step")
 
 
 def b_variant(text: str) -> dict[str, int]:
     """A (b) variant, ``KEY=N,...`` with keys ``batch`` (FOVs per call, padded; 0: any
     size), ``flight`` (calls in flight), ``objects`` and ``lookahead`` (per block),
-    ``target`` (with batch 0: FOVs queued before a second call starts)."""
+    ``target`` (with batch 0: FOVs queued before a second call starts), ``step`` (with
+    batch 0: calls padded to multiples of this up to 64; 1, 2, 4 or 8)."""
     out = {}
     for item in text.split(","):
         key, _, value = item.partition("=")

@@ -29,7 +29,7 @@ def test_gpu_acceptance_quick_throughput_on_the_cpu(tmp_path):
     assert a["fov_evaluations"] > 0 and a["fov_per_s"] > 0
     assert b["blocks"] == 2 and b["fov_evaluations_run"] >= b["fov_evaluations_kept"] > 0
     assert b["fixed_batch"] is None and b["in_flight"] == 1 and b["feed"]["calls"] > 0
-    fixed = entry["b_batched_bf16_blocks_batch4_flight2_objects2_lookahead64_target2"]
+    fixed = entry["b_batched_bf16_blocks_batch4_flight2_objects2_lookahead64_target2_step8"]
     assert fixed["fixed_batch"] == 4 and fixed["mean_padded_batch"] == 4
     assert fixed["fov_evaluations_run"] >= fixed["fov_evaluations_kept"] > 0
     assert b["speedup_vs_a"] == pytest.approx(b["fov_per_s"] / a["fov_per_s"], rel=0.05, abs=0.01)

@@ -77,6 +77,14 @@ def test_batch_buckets_pad_little_and_to_few_sizes():
     sizes = {batch_bucket(n) for n in range(1, 513)}
     assert len(sizes) == 27
     assert all(n <= batch_bucket(n) <= max(1.5 * n, n + 31) for n in range(1, 2000))
+    # finer steps up to 64 FOVs: less padding of the engine's 30-40 FOV calls, more sizes
+    assert [batch_bucket(n, 2) for n in (1, 2, 3, 37, 63, 65)] == [1, 2, 4, 38, 64, 80]
+    assert [batch_bucket(n, 1) for n in (3, 37, 64, 65)] == [3, 37, 64, 80]
+    assert len({batch_bucket(n, 4) for n in range(1, 513)}) == 34  # 1, 2, 4, 8..64 by 4, ...
+    with pytest.raises(InputError, match="step 3"):
+        batch_bucket(5, 3)
+    with pytest.raises(InputError, match="bucket_step"):
+        FovPredictor(ConvStack3D(ModelArch(depth=1, features=2)), "cpu", bucket_step=3)
 
 
 def test_a_failing_compiler_falls_back_to_uncompiled_3d_convolutions(monkeypatch, caplog):

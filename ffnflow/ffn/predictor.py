@@ -67,15 +67,19 @@ CONVS = ("auto", "conv3d", "zsplit", "triton")
 _RECOMPILE_LIMIT = 32
 
 
-def batch_bucket(n: int) -> int:
+def batch_bucket(n: int, step: int = 8) -> int:
     """The padded size of a batch of ``n`` FOVs (few distinct shapes, little padding): the
-    next power of two up to 8, a multiple of 8 up to 64, of 16 up to 128, of 32 up to 512,
-    then the next power of two or 1.5x a power of two."""
-    if n <= 8:
+    next power of two up to ``step``, a multiple of ``step`` (8 by default) up to 64, of 16
+    up to 128, of 32 up to 512, then the next power of two or 1.5x a power of two. A
+    smaller ``step`` pads the engine's typical calls (30-40 FOVs) less, at the cost of more
+    shapes (each a cuDNN plan)."""
+    if step < 1 or step & (step - 1):
+        raise InputError(f"batch_bucket: step {step} is not a power of two")
+    if n <= step:
         return 1 << max(n - 1, 0).bit_length()
-    for step, limit in ((8, 64), (16, 128), (32, 512)):
+    for size, limit in ((step, 64), (16, 128), (32, 512)):
         if n <= limit:
-            return -(-n // step) * step
+            return -(-n // size) * size
     k = 1 << (n - 1).bit_length()
     return 3 * k // 4 if 3 * k // 4 >= n else k
 
@@ -231,8 +235,9 @@ class FovPredictor:
     (``low``: fewer bytes per voxel, faster on a GPU).
     ``fixed_batch``: every model call holds exactly this many FOVs (None: as many as asked).
     ``pow2_batches`` (without ``fixed_batch``): calls are padded to one of a few sizes
-    (:func:`batch_bucket`), so that few batch shapes occur
-    (each new shape costs cuDNN a plan, and a compiled forward pass a compilation).
+    (:func:`batch_bucket`: multiples of ``bucket_step`` up to 64), so that few batch
+    shapes occur (each new shape costs cuDNN a plan, and a compiled forward pass a
+    compilation).
     ``deterministic`` (CUDA): cuDNN picks its algorithms by fixed rules and only
     deterministic ones, so runs repeat bit for bit; False lets cuDNN time the candidates
     (``cudnn.benchmark``), which may be faster but can differ between runs. These and
@@ -255,6 +260,7 @@ class FovPredictor:
         pow2_batches: bool = False,
         conv: str = "auto",
         residual: str = "fp32",
+        bucket_step: int = 8,
     ) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"ffn.precision {precision!r}: choose one of {sorted(PRECISIONS)}")
@@ -266,6 +272,9 @@ class FovPredictor:
             raise InputError(f"ffn.conv {conv!r}: choose one of {list(CONVS)}")
         if residual not in ("fp32", "low"):
             raise InputError(f"ffn.residual {residual!r}: choose 'fp32' or 'low'")
+        if bucket_step not in (1, 2, 4, 8):
+            raise InputError(f"ffn.bucket_step {bucket_step!r}: choose 1, 2, 4 or 8")
+        self.bucket_step = int(bucket_step)
         if fixed_batch is not None and int(fixed_batch) < 1:
             raise InputError(f"ffn.fixed_batch {fixed_batch!r}: must be >= 1")
         self.device = resolve_device(device)
@@ -452,7 +461,7 @@ class FovPredictor:
                 )
             k = self.fixed_batch
         else:
-            k = batch_bucket(n) if self.pow2_batches else n
+            k = batch_bucket(n, self.bucket_step) if self.pow2_batches else n
         shape = (k, 2, *self.fov_size_zyx)
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), self._cudnn_flags():
@@ -510,7 +519,7 @@ class FovPredictor:
             return np.zeros(image.shape, dtype=np.float32)
         with torch.inference_mode(), self._cudnn_flags():
             if self.fixed_batch is None:
-                k = batch_bucket(n) if self.pow2_batches else n
+                k = batch_bucket(n, self.bucket_step) if self.pow2_batches else n
                 out = self._run(*_padded(image, pom_logits, k))[:n]
                 self.model_calls += 1
             else:
