@@ -32,14 +32,19 @@ def block_seeds(tubes, n=15, seed=5):
     return out
 
 
+def each_alone(image, seeds):
+    """Each block's own segment_all result (DecayPredictor(0.1), 3 objects)."""
+    return [
+        BatchedCanvas(image[b], DecayPredictor(0.1), OPTIONS, max_objects=3).segment_all(s)
+        for b, s in zip(BLOCKS, seeds)
+    ]
+
+
 @pytest.mark.parametrize("workers, max_batch", [(2, None), (3, 4)])
 def test_workers_give_each_canvas_its_own_result(workers, max_batch):
     image, tubes = crossing_tubes()
     seeds = block_seeds(tubes)
-    alone = [
-        BatchedCanvas(image[b], DecayPredictor(0.1), OPTIONS, max_objects=3).segment_all(s)
-        for b, s in zip(BLOCKS, seeds)
-    ]
+    alone = each_alone(image, seeds)
     predictor = CountingDecayPredictor(0.1)
     canvases = [BatchedCanvas(image[b], predictor, OPTIONS, max_objects=3) for b in BLOCKS]
     got = segment_canvases_in_workers(canvases, seeds, predictor, workers, max_batch)
@@ -158,10 +163,7 @@ class DelayedDecayPredictor(DecayPredictor):
 def test_calls_in_flight_release_workers_only_once_their_fovs_landed():
     image, tubes = crossing_tubes()
     seeds = block_seeds(tubes)
-    alone = [
-        BatchedCanvas(image[b], DecayPredictor(0.1), OPTIONS, max_objects=3).segment_all(s)
-        for b, s in zip(BLOCKS, seeds)
-    ]
+    alone = each_alone(image, seeds)
     predictor = DelayedDecayPredictor(0.1)
     canvases = [BatchedCanvas(image[b], predictor, OPTIONS, max_objects=3) for b in BLOCKS]
     stats = {}
