@@ -210,7 +210,8 @@ def test_missing_raw_file_names_the_file_and_leaves_no_output(tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tiny_em):
-    """SIGKILL the workflow after the first block, rerun: same result as an uninterrupted run."""
+    """SIGKILL the workflow after the first block, rerun: same result as an uninterrupted run.
+    The target is the stitched FFN segmentation (the stages after it only read files)."""
     dataset = {"raw": f"{tiny_em}:raw", "resolution_nm": [10, 10, 10]}
     config = tmp_path / "my.yaml"
     config.write_text(
@@ -221,7 +222,7 @@ def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tin
             }
         )
     )
-    target = "results/mydata/segmentation.h5"
+    target = "results/mydata/ffn.h5"
     reference = tmp_path / "reference"
     assert snakemake(reference, config, target).returncode == 0
 
