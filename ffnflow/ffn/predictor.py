@@ -130,17 +130,6 @@ def default_threads() -> int:
     return max(1, min(_TORCH_DEFAULT_THREADS, usable))
 
 
-def _padded(image: np.ndarray, pom_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The batch padded to ``k`` FOVs with copies of its first (their outputs are dropped)."""
-    n = image.shape[0]
-    if k <= n:
-        return image, pom_logits
-    return (
-        np.concatenate([image, np.repeat(image[:1], k - n, axis=0)]),
-        np.concatenate([pom_logits, np.repeat(pom_logits[:1], k - n, axis=0)]),
-    )
-
-
 def split_parts(
     parts: Sequence[tuple[np.ndarray, np.ndarray]], limit: int
 ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -336,7 +325,6 @@ class FovPredictor:
         self.deltas_zyx = model.arch.deltas_zyx
         self.fov_evaluations = 0
         self.model_calls = 0
-        self._pinned: torch.Tensor | None = None  # host staging buffer (N, 2, z, y, x)
         self._copies: torch.cuda.Stream | None = None  # host-device copies of submit()
         self.gpu_seconds = 0.0  # device time of the model calls of submit() that landed
 
@@ -365,28 +353,6 @@ class FovPredictor:
             return self._forward(x[:, 0:1], x[:, 1:2])
         self._compile_unproven = False
         return out
-
-    def _staging(self, n: int) -> torch.Tensor:
-        """A host buffer for ``n`` FOVs (image and POM channels); pinned on CUDA."""
-        shape = (n, 2, *self.fov_size_zyx)
-        if self.device.type != "cuda":
-            return torch.empty(shape, dtype=torch.float32)
-        if self._pinned is None or self._pinned.shape[0] < n:
-            self._pinned = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        return self._pinned[:n]
-
-    def _run(self, image: np.ndarray, pom_logits: np.ndarray) -> np.ndarray:
-        """One model call on ``n`` FOVs (after any padding)."""
-        n = image.shape[0]
-        host = self._staging(n)
-        host[:, 0].copy_(torch.from_numpy(image))
-        host[:, 1].copy_(torch.from_numpy(pom_logits))
-        x = host.to(self.device, non_blocking=True)
-        if self.memory_format == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        out = self._call(x)
-        # .cpu() waits for the device; copying into fresh memory keeps the staging buffer free.
-        return out[:, 0].float().cpu().numpy().copy()
 
     @contextlib.contextmanager
     def _cudnn_flags(self) -> Iterator[None]:
@@ -511,24 +477,11 @@ class FovPredictor:
         return self._copies
 
     def predict(self, image: np.ndarray, pom_logits: np.ndarray) -> np.ndarray:
-        """New POM logits (float32, N, z, y, x) for FOVs of normalised ``image``, ``pom_logits``."""
-        image = np.ascontiguousarray(image, dtype=np.float32)
-        pom_logits = np.ascontiguousarray(pom_logits, dtype=np.float32)
-        n = image.shape[0]
-        if n == 0:
-            return np.zeros(image.shape, dtype=np.float32)
-        with torch.inference_mode(), self._cudnn_flags():
-            if self.fixed_batch is None:
-                k = batch_bucket(n, self.bucket_step) if self.pow2_batches else n
-                out = self._run(*_padded(image, pom_logits, k))[:n]
-                self.model_calls += 1
-            else:
-                b = self.fixed_batch
-                parts = []
-                for start in range(0, n, b):
-                    img, pom = image[start : start + b], pom_logits[start : start + b]
-                    parts.append(self._run(*_padded(img, pom, b))[: img.shape[0]])
-                    self.model_calls += 1
-                out = np.concatenate(parts) if len(parts) != 1 else parts[0]
-        self.fov_evaluations += n
+        """New POM logits (float32, N, z, y, x) for FOVs of normalised ``image``, ``pom_logits``
+        (:meth:`predict_into` on one part)."""
+        image = np.asarray(image, dtype=np.float32)
+        out = np.empty(image.shape, dtype=np.float32)
+        if image.shape[0]:
+            inputs = np.stack([image, np.asarray(pom_logits, dtype=np.float32)], axis=1)
+            self.predict_into([(inputs, out)])
         return out
