@@ -49,7 +49,8 @@ from ffnflow.resegmentation import (
     merge_table,
     resegment_point,
 )
-from ffnflow.stages.agglomerate import PairScorer, resegmentation_options
+from ffnflow.stages.agglomerate import resegmentation_options
+from ffnflow.stages.score_pairs import PairScorer
 
 THRESHOLDS = (0.6, 0.5, 0.4, 0.3, 0.2)
 _scorer: PairScorer | None = None

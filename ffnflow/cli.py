@@ -289,7 +289,9 @@ def _run_stage4_5(args: argparse.Namespace, config: dict) -> None:
     elif args.command == "find-decision-points":
         agglomerate.run_find_decision_points(config, args.dataset, args.segmentation, args.out)
     elif args.command == "score-pairs":
-        agglomerate.run_score_pairs(
+        from ffnflow.stages.score_pairs import run_score_pairs
+
+        run_score_pairs(
             config,
             args.dataset,
             args.block,

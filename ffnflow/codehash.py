@@ -8,6 +8,7 @@ directly or not (found by parsing imports, nothing is executed).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -25,15 +26,22 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path) -> frozenset[str]:
+    return _parsed_imports(str(path), path.stat().st_mtime_ns)
+
+
+@functools.cache
+def _parsed_imports(path: str, mtime_ns: int) -> frozenset[str]:
+    """ffnflow modules imported by the file at ``path`` (parsed once per version: the
+    workflow asks for the fingerprints of many stages that share most of their modules)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(Path(path).read_text(), filename=path)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {n for n in names if n.split(".")[0] == "ffnflow"}
+    return frozenset(n for n in names if n.split(".")[0] == "ffnflow")
 
 
 def module_closure(module: str) -> list[Path]:

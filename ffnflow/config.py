@@ -19,6 +19,10 @@ from ffnflow.errors import InputError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
+# Keys of agglomeration.resegmentation that only decide merges from the scored pairs (the
+# agglomerate step), not the decision points or the local FFN runs that produce the scores.
+MERGE_DECISION_KEYS = ("merge_iou", "min_consistency", "max_deleted", "large_segment_voxels")
+
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """The configuration JSON schema (a dict)."""

@@ -78,10 +78,6 @@ class ResegmentationOptions:
             )
 
 
-# Options that only decide merges from the scores (the agglomerate step, not the FFN runs).
-MERGE_DECISION_KEYS = ("merge_iou", "min_consistency", "max_deleted", "large_segment_voxels")
-
-
 @dataclass(frozen=True)
 class DecisionPoint:
     """Where segments ``a`` < ``b`` touch: ``point_zyx`` (voxels) and contact size (faces)."""

@@ -70,7 +70,7 @@ rule score_pairs:
         dataset=dataset_params(*IMAGE_KEYS),
         ffn=config["ffn"],
         resegmentation=resegmentation_scoring_params(),
-        code=stage_code("agglomerate"),
+        code=stage_code("score_pairs"),
     script:
         "../scripts/score_pairs.py"
 

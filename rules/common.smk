@@ -3,8 +3,7 @@
 import os
 
 from ffnflow.codehash import code_fingerprint
-from ffnflow.config import dataset_config, validate_config
-from ffnflow.resegmentation import MERGE_DECISION_KEYS
+from ffnflow.config import MERGE_DECISION_KEYS, dataset_config, validate_config
 from ffnflow.stages.common import block_grid, open_raw
 
 config.update(validate_config(config))

@@ -5,7 +5,7 @@ which import this file again.
 """
 
 from ffnflow.snakemake_support import logged_stage
-from ffnflow.stages.agglomerate import run_score_pairs
+from ffnflow.stages.score_pairs import run_score_pairs
 
 if __name__ == "__main__":
     with logged_stage(snakemake.log[0]):  # noqa: F821 (snakemake is injected)

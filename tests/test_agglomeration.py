@@ -282,7 +282,8 @@ def test_scoring_in_processes_equals_scoring_in_one(tmp_path, tiny_em):
     """run_score_pairs with 2 threads on the CPU scores in 2 single-threaded processes; the
     scores and their order are those of one process."""
     from ffnflow.config import validate_config
-    from ffnflow.stages.agglomerate import run_find_decision_points, run_score_pairs
+    from ffnflow.stages.agglomerate import run_find_decision_points
+    from ffnflow.stages.score_pairs import run_score_pairs
 
     config = validate_config(
         {

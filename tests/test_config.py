@@ -61,3 +61,41 @@ def test_config_file_errors(tmp_path):
     assert load_config(good)["datasets"]["d1"]["raw"] == "a.h5:raw"
     with pytest.raises(InputError, match="datasets.nope"):
         dataset_config(load_config(good), "nope")
+
+
+def test_merge_decision_keys_are_resegmentation_options():
+    from dataclasses import fields
+
+    from ffnflow.config import MERGE_DECISION_KEYS
+    from ffnflow.resegmentation import ResegmentationOptions
+
+    assert set(MERGE_DECISION_KEYS) <= {f.name for f in fields(ResegmentationOptions)}
+    schema_keys = validate_config(MINIMAL)["agglomeration"]["resegmentation"]
+    assert set(MERGE_DECISION_KEYS) <= set(schema_keys)
+
+
+def test_workflow_modules_parse_without_torch():
+    """What rules/*.smk import when Snakemake parses the workflow (every run, dry run and
+    cluster job) stays light: importing torch there costs seconds per invocation."""
+    import re
+    import subprocess
+    import sys
+
+    modules = set()
+    for smk in (REPO / "rules").glob("*.smk"):
+        modules.update(re.findall(r"^from (ffnflow[\w.]*) import", smk.read_text(), re.M))
+    assert modules, "no ffnflow imports found in rules/"
+    code = f"import sys; import {', '.join(sorted(modules))}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", sorted(modules)
+
+
+def test_code_fingerprint_covers_imported_modules():
+    from ffnflow.codehash import PACKAGE_ROOT, code_fingerprint, module_closure
+
+    closure = {
+        p.relative_to(PACKAGE_ROOT).as_posix() for p in module_closure("ffnflow.stages.segment")
+    }
+    assert {"stages/segment.py", "ffn/canvas.py", "ffn/predictor.py"} <= closure
+    assert code_fingerprint("ffnflow.stages.segment") == code_fingerprint("ffnflow.stages.segment")
+    assert code_fingerprint("ffnflow.stages.segment") != code_fingerprint("ffnflow.stages.seeds")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import logit
@@ -20,7 +21,9 @@ from tqdm import tqdm
 
 from ffnflow.errors import InputError
 from ffnflow.ffn.movement import FaceMaxMovement
-from ffnflow.ffn.predictor import FovPredictor
+
+if TYPE_CHECKING:  # torch is imported by the predictor only
+    from ffnflow.ffn.predictor import FovPredictor
 
 Zyx = tuple[int, int, int]
 
