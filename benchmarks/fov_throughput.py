@@ -1,12 +1,16 @@
 """FOV throughput of an FFN forward pass on this machine: batch 1 vs larger batches.
 
 Evaluates the model on real EM patches (the bundled demo volume by default) and prints
-FOVs per second and achieved GFLOP/s per batch size. The last line is one JSON object::
+FOVs per second and achieved GFLOP/s per batch size and memory format (NCDHW
+``contiguous`` vs ``channels_last``, NDHWC), measured alternately in one run. The last line
+is one JSON object::
 
-    {"fov_per_s": {"1": ..., "4": ...}, "gflops": {"1": ..., ...}, "gflop_per_fov": ...,
-     "device": "cpu", "precision": "fp32", "threads": 2}
+    {"fov_per_s": {"contiguous": {"1": ..., "4": ...}, "channels_last": {...}},
+     "gflop_per_fov": ..., "device": "cpu", "precision": "fp32", "threads": 2,
+     "default_memory_format": "channels_last"}
 
 Usage: python benchmarks/fov_throughput.py [--batch-sizes 1 2 4] [--seconds 20]
+[--memory-formats contiguous channels_last]
 """
 
 from __future__ import annotations
@@ -54,41 +58,61 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(REPO / "models/ffn_fib25_google.pt"))
     parser.add_argument("--volume", default=str(REPO / "data/demo.h5:raw"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--seconds", type=float, default=15.0, help="timing per batch size")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timing per measurement")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--memory-formats",
+        nargs="+",
+        default=["contiguous", "channels_last"],
+        choices=["contiguous", "channels_last"],
+        help="compared at each batch size, measured alternately (the first is the baseline)",
+    )
     args = parser.parse_args()
 
     loaded = load_checkpoint(args.checkpoint)
-    predictor = FovPredictor(loaded.model, args.device, args.precision, args.threads)
+    predictors = {
+        fmt: FovPredictor(loaded.model, args.device, args.precision, args.threads, fmt)
+        for fmt in args.memory_formats
+    }
+    default = FovPredictor(loaded.model, args.device, args.precision, args.threads)
     arch = loaded.model.arch
     raw = read_volume(args.volume)
     images = random_fovs(
         raw, arch.fov_size_zyx, max(64, 2 * max(args.batch_sizes)), np.random.default_rng(0)
     )
     gflop = arch.flops_per_fov / 1e9
-    fov_per_s, gflops = {}, {}
     print(f"model depth {arch.depth}, FOV {arch.fov_size_zyx}, {gflop:.1f} GFLOP per FOV")
     print(
-        f"device {predictor.device}, precision {args.precision}, torch threads {torch.get_num_threads()}"
+        f"device {default.device}, precision {args.precision}, torch threads "
+        f"{torch.get_num_threads()}, default memory format {default.memory_format}"
     )
-    print(f"{'batch':>5} {'FOV/s':>9} {'s/FOV':>8} {'GFLOP/s':>9} {'vs batch 1':>10}")
+    base = args.memory_formats[0]
+    print(
+        f"{'format':>14} {'batch':>5} {'FOV/s':>9} {'s/FOV':>8} {'GFLOP/s':>9} "
+        f"{'vs batch 1':>10} {'vs ' + base:>16}"
+    )
+    fov_per_s: dict[str, dict[str, float]] = {fmt: {} for fmt in args.memory_formats}
     for batch in args.batch_sizes:
-        rate = measure(predictor, images, batch, args.seconds)
-        fov_per_s[str(batch)] = round(rate, 4)
-        gflops[str(batch)] = round(rate * gflop, 2)
-        ratio = rate / fov_per_s[str(args.batch_sizes[0])]
-        print(f"{batch:>5} {rate:>9.3f} {1 / rate:>8.3f} {rate * gflop:>9.1f} {ratio:>10.2f}")
+        for fmt, predictor in predictors.items():  # alternately: drifts hit every format
+            rate = measure(predictor, images, batch, args.seconds)
+            fov_per_s[fmt][str(batch)] = round(rate, 4)
+            vs_batch1 = rate / fov_per_s[fmt][str(args.batch_sizes[0])]
+            vs_base = rate / fov_per_s[base][str(batch)]
+            print(
+                f"{fmt:>14} {batch:>5} {rate:>9.3f} {1 / rate:>8.3f} {rate * gflop:>9.1f} "
+                f"{vs_batch1:>10.2f} {vs_base:>16.2f}"
+            )
     print(
         json.dumps(
             {
                 "fov_per_s": fov_per_s,
-                "gflops": gflops,
                 "gflop_per_fov": round(gflop, 3),
-                "device": str(predictor.device),
+                "device": str(default.device),
                 "precision": args.precision,
                 "threads": torch.get_num_threads(),
+                "default_memory_format": default.memory_format,
             }
         )
     )

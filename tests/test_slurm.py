@@ -138,9 +138,12 @@ def test_slurm_profile_runs_every_job_through_sbatch(slurm_cluster, tiny_em_sess
                 str(work),
                 "--configfile",
                 str(config),
-                # test-only speed-ups and evidence; everything else comes from the profile
+                # test-only speed-ups and evidence; everything else comes from the profile.
+                # The plugin checks N s after a submission, then 10 s later each time no
+                # job has finished: with N = 4 a job of up to 18 s (here: 8-17 s, 3-5 s of
+                # them Snakemake starting inside the job) is seen at 18 s, not at 33-36 s.
                 "--slurm-init-seconds-before-status-checks",
-                "2",
+                "4",
                 "--slurm-keep-successful-logs",
                 "--latency-wait",
                 "5",

@@ -217,7 +217,9 @@ class FovPredictor:
     the returned logits are always float32. ``threads`` sets torch's intra-op CPU threads
     (default: the cores this process may use). ``memory_format``: ``channels_last``
     (NDHWC, what cuDNN and oneDNN prefer), ``contiguous`` (NCDHW) or ``auto``
-    (channels_last on CUDA, contiguous on the CPU). ``compile``: wrap the forward pass in
+    (channels_last: on a 2-core AMD EPYC, oneDNN's fp32 FIB-25 forward pass ran 1.31x
+    faster than NCDHW at batch 1 and 1.5x at batch 4-16, the same logits to 6e-6,
+    ``benchmarks/fov_throughput.py``). ``compile``: wrap the forward pass in
     ``torch.compile`` (None: for ``zsplit`` on CUDA only). ``conv``: ``auto``, ``conv3d``,
     ``zsplit`` or ``triton`` (module docstring). ``residual``: the residual stream
     of ``zsplit`` in float32 (``fp32``) or in the convolutions' precision
@@ -273,7 +275,7 @@ class FovPredictor:
         if self.device.type == "cpu":
             torch.set_num_threads(int(threads) if threads else default_threads())
         if memory_format == "auto":
-            memory_format = "channels_last" if self.device.type == "cuda" else "contiguous"
+            memory_format = "channels_last"
         self.memory_format = memory_format
         self._torch_format = (
             torch.channels_last_3d if memory_format == "channels_last" else torch.contiguous_format
