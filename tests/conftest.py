@@ -42,3 +42,15 @@ def tube_image(shape=(40, 40, 40), radius=3) -> tuple[np.ndarray, np.ndarray]:
     cy, cx = shape[1] // 2, shape[2] // 2
     tube = (y - cy) ** 2 + (x - cx) ** 2 <= radius**2
     return np.where(tube, 1.0, -1.0).astype(np.float32), tube
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist (``-n 2 --dist loadgroup``, as ``.ci/run`` runs the suite):
+    the SLURM end-to-end test, which mostly waits for SLURM's status checks, and the parity
+    test (``xdist_group("parity")``, minutes of CPU in one process) share one worker; every
+    other test stays, in order, on the other one."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("main"))
