@@ -13,7 +13,12 @@ defaults plus the ones given in ``--set`` style below (chosen on x 0-125).
 Prints a table and writes it, with the counters (seeds, FOVs per stage, pairs examined),
 to ``--out`` (text) and ``--out`` with ``.json``. Last line: one JSON object.
 
+The measured runs used ``ffn.precision: bf16`` on a CPU with bf16 instructions; on a CPU
+without them (AVX2 only) bf16 is emulated and 60-80x slower than fp32: use
+``--precision fp32`` there. The output's first line names the CPU and its capability.
+
 Usage: python benchmarks/headline_fib25.py [--work /tmp/ffnflow_headline] [--cores 2]
+[--precision bf16]
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import time
 from pathlib import Path
 
 import h5py
+import torch
 
+from ffnflow.ffn.predictor import cpu_runs_natively
 from ffnflow.metrics import segmentation_metrics
 from ffnflow.run_length import segmentation_run_length, skeletonize
 
@@ -44,7 +51,7 @@ datasets:
     labels: "{h5}:labels"
     resolution_nm: [10, 10, 10]
 ffn:
-  precision: bf16
+  precision: {precision}
   volume_border: mirror
 """
 
@@ -64,6 +71,19 @@ def write_region(work: Path) -> Path:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def rule_seconds(bench_dir: Path) -> dict[str, float]:
     """Wall seconds per rule (summed over blocks) from snakemake's benchmark TSVs."""
     out: dict[str, float] = {}
@@ -80,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="/tmp/ffnflow_headline")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/headline_fib25_eval.txt"))
     parser.add_argument(
         "--evaluate-only",
@@ -91,7 +112,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     h5 = write_region(work)
     config = work / "headline.yaml"
-    config.write_text(CONFIG.format(h5=h5))
+    config.write_text(CONFIG.format(h5=h5, precision=args.precision))
     name = "fib25_eval"
     targets = [
         f"results/{name}/{f}"
@@ -145,6 +166,9 @@ def main() -> None:
     }
     rows = [*metrics["stages"].items(), ("google published", pub)]
     lines = [
+        f"CPU: {cpu_model()}, torch {torch.__version__} capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, native {args.precision}: "
+        f"{cpu_runs_natively(args.precision)}; ffn.precision {args.precision}",
         f"FIB-25 fib25_s2_train.h5 x {EVAL_X[0]}-{EVAL_X[1]} (160x250x125), whole pipeline, "
         f"snakemake --cores {args.cores}: {wall / 60:.1f} min wall",
         f"{'stage':<18} {'VI split':>8} {'VI merge':>8} {'VI sum':>7} {'ARAND':>6} "
@@ -179,6 +203,7 @@ def main() -> None:
     out.write_text(text + "\n")
     summary = {
         "wall_min": round(wall / 60, 2),
+        "cpu": lines[0],
         "stages": metrics["stages"],
         "published": pub,
         "counters": counters,

@@ -182,6 +182,27 @@ def test_predictor_bf16_channels_last_runs_on_cpu():
     assert fixed.fov_evaluations == 6 and fixed.model_calls == 5
 
 
+def test_low_precision_without_cpu_instructions_is_warned(monkeypatch, caplog):
+    from ffnflow.ffn import predictor as predictor_module
+
+    model = tiny_model()
+    with caplog.at_level("WARNING", logger="ffnflow.ffn.predictor"):
+        FovPredictor(model, "cpu", "bf16")
+        FovPredictor(model, "cpu", "fp32")
+    warned = [r for r in caplog.records if "emulates" in r.getMessage()]
+    assert len(warned) == (0 if predictor_module.cpu_runs_natively("bf16") else 1)
+    assert predictor_module.cpu_runs_natively("fp32") is True
+    caplog.clear()
+    monkeypatch.setattr(
+        predictor_module, "cpu_runs_natively", lambda precision: precision == "fp32"
+    )
+    with caplog.at_level("WARNING", logger="ffnflow.ffn.predictor"):
+        FovPredictor(model, "cpu", "fp32")
+        FovPredictor(model, "cpu", "bf16")
+    (record,) = caplog.records
+    assert "ffn.precision bf16" in record.getMessage() and "fp32" in record.getMessage()
+
+
 def test_predictor_rejects_bad_options():
     with pytest.raises(InputError, match="memory_format"):
         FovPredictor(tiny_model(), "cpu", memory_format="nhwc")
