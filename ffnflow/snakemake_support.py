@@ -13,7 +13,8 @@ from ffnflow.errors import InputError
 
 @contextlib.contextmanager
 def logged_stage(log_path: str | Path) -> Iterator[logging.Logger]:
-    """Send logging, stdout and stderr of a stage to ``log_path``.
+    """Send logging, stdout and stderr of a stage to ``log_path``; ffnflow's warnings
+    also to the console (Snakemake's stderr).
 
     An :class:`InputError` is logged as one clear line and ends the job with exit code 2
     (Snakemake then removes the job's outputs); other errors keep their traceback.
@@ -29,6 +30,12 @@ def logged_stage(log_path: str | Path) -> Iterator[logging.Logger]:
         root = logging.getLogger()
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+        # ffnflow's warnings also go to Snakemake's console, where people look.
+        console = logging.StreamHandler(sys.__stderr__)
+        console.addFilter(lambda record: record.levelno == logging.WARNING)  # errors: below
+        console.setFormatter(logging.Formatter(f"ffnflow: warning: %(message)s (log: {log_path})"))
+        ffnflow_logger = logging.getLogger("ffnflow")
+        ffnflow_logger.addHandler(console)
         try:
             yield logging.getLogger("ffnflow")
         except InputError as exc:
@@ -37,3 +44,4 @@ def logged_stage(log_path: str | Path) -> Iterator[logging.Logger]:
             raise SystemExit(2) from None
         finally:
             root.removeHandler(handler)
+            ffnflow_logger.removeHandler(console)

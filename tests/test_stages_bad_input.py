@@ -136,3 +136,23 @@ def test_agglomeration_and_graph_inputs_are_named(tmp_path):
             cfg, "d", tmp_path / "a.h5", *(out / n for n in ("g", "n", "e", "s", "p"))
         )
     assert_no_outputs(out)
+
+
+def test_stage_log_keeps_everything_and_the_console_gets_warnings_and_errors(tmp_path, capfd):
+    import logging
+
+    from ffnflow.snakemake_support import logged_stage
+
+    log_path = tmp_path / "logs" / "stage.log"
+    with pytest.raises(SystemExit) as exit_info:
+        with logged_stage(log_path) as log:
+            log.info("started")
+            logging.getLogger("ffnflow.ffn.predictor").warning("slow precision")
+            raise InputError("raw 'v.h5:raw': not found")
+    assert exit_info.value.code == 2
+    text = log_path.read_text()
+    assert "started" in text and "slow precision" in text and "not found" in text
+    console = capfd.readouterr().err
+    assert f"ffnflow: warning: slow precision (log: {log_path})" in console
+    assert "ffnflow: error: raw 'v.h5:raw': not found" in console
+    assert "started" not in console and "warning: raw" not in console
