@@ -4,7 +4,7 @@
 of it (FIB-25 weights, reference options, PolicyPeaks seeds). By default the engine runs in
 fp32 on the CPU until its first ``PREFIX_SEGMENTS`` segments are committed (committed voxels
 never change afterwards), and those must equal google/ffn's voxel for voxel, ids included:
-about 3 minutes on 2 cores (7-10, single-threaded, beside the other tests under xdist).
+about 3 minutes on 2 cores (about 7, single-threaded, beside the other tests under xdist).
 ``FFNFLOW_FULL_PARITY=1`` runs the whole crop (about 5.5 minutes) and compares everything.
 """
 
