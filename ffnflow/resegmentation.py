@@ -394,6 +394,7 @@ def merge_table(
     scores: Iterable[PairScore],
     options: ResegmentationOptions,
     segment_voxels: dict[int, int],
+    min_bridge_fraction: float = 0.0,
 ) -> tuple[dict[int, int], list[PairScore]]:
     """Decide the merges of scored decision points; returns the relabel table (segment id
     -> a representative of its merged group) and every score with ``merge`` = applied.
@@ -401,7 +402,11 @@ def merge_table(
     Points passing :func:`passes_merge_thresholds` join their pair, strongest IoU first (a
     pair with several contacts merges when one of its points passes). A join of two groups
     that both hold at least ``large_segment_voxels`` (0: no limit) is refused unless both
-    segments of the pair itself are that large. ``segment_voxels``: voxels per segment id.
+    segments of the pair itself are that large. ``min_bridge_fraction`` (0: off; not yet a
+    workflow option, see ``benchmarks/agglomeration_merge_rules.py``) also refuses a join
+    whose smaller segment holds less than this fraction of the smaller of the two groups:
+    a fragment then cannot join two groups much larger than itself, whatever their size.
+    ``segment_voxels``: voxels per segment id.
     """
     scores = list(scores)
     large = options.large_segment_voxels
@@ -423,6 +428,9 @@ def merge_table(
         vb = group_voxels.get(rb, segment_voxels.get(s.b, 0))
         pair_small = min(segment_voxels.get(s.a, 0), segment_voxels.get(s.b, 0)) < large
         if large and va >= large and vb >= large and pair_small:
+            continue
+        smaller = min(segment_voxels.get(s.a, 0), segment_voxels.get(s.b, 0))
+        if smaller < min_bridge_fraction * min(va, vb):
             continue
         uf.union(s.a, s.b)
         group_voxels[uf.find(s.a)] = va + vb

@@ -220,6 +220,26 @@ def test_two_large_segments_are_not_merged_through_a_small_one():
     assert table[1] == table[2] == table[3] and sum(s.merge for s in decided) == 3
 
 
+def test_a_fragment_bridges_two_groups_only_when_it_is_not_much_smaller():
+    """min_bridge_fraction: fragment 3 joins group 1 alone, then may not also bring in
+    the 19.5k-voxel group {2, 4} (just under large_segment_voxels, as on the demo volume);
+    a chain of similar pieces (5-6-7) still joins."""
+    options = ResegmentationOptions(large_segment_voxels=20000)
+    voxels = {1: 100000, 2: 13000, 3: 1000, 4: 6500, 5: 3000, 6: 1700, 7: 3500}
+    scores = [
+        _scored(1, 3, 0.9), _scored(2, 4, 0.6), _scored(2, 3, 0.5),
+        _scored(5, 6, 0.45), _scored(6, 7, 0.4),
+    ]  # fmt: skip
+    table, decided = merge_table(scores, options, voxels)
+    assert table[1] == table[2] == table[3]  # the guard alone lets 3 bridge 1 and {2, 4}
+    table, decided = merge_table(scores, options, voxels, min_bridge_fraction=0.25)
+    assert [s.merge for s in decided] == [True, True, False, True, True]
+    assert table[1] == table[3] and table[2] == table[4] and table[1] != table[2]
+    assert table[5] == table[6] == table[7]
+    # Off (0) is the default: the same as before.
+    assert merge_table(scores, options, voxels, 0.0) == merge_table(scores, options, voxels)
+
+
 def test_a_pair_touching_in_two_places_gets_a_point_on_each_contact():
     """A U-shaped segment touches a bar twice: one decision point per contact, the larger
     first; max_points_per_pair caps them; the pair merges when one point passes."""
