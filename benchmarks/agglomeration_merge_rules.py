@@ -74,7 +74,8 @@ def main() -> None:
         f"merge {base['vi_split']:.3f} / {base['vi_merge']:.3f}"
         + (f", ERL {base['erl_nm']:.0f} nm" if skeletons is not None else ""),
         f"{'large_segment_voxels':>20} {'min_bridge':>10} {'merges':>6} {'one-neuron':>10} "
-        f"{'dVI split':>9} {'dVI merge':>9}" + (f" {'dERL nm':>8}" if skeletons else ""),
+        f"{'dVI split':>9} {'dVI merge':>9}"
+        + (f" {'dERL nm':>8}" if skeletons is not None else ""),
     ]
     rows = []
     for large in LARGE_SEGMENT_VOXELS:

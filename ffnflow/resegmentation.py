@@ -426,10 +426,9 @@ def merge_table(
             continue
         va = group_voxels.get(ra, segment_voxels.get(s.a, 0))
         vb = group_voxels.get(rb, segment_voxels.get(s.b, 0))
-        pair_small = min(segment_voxels.get(s.a, 0), segment_voxels.get(s.b, 0)) < large
-        if large and va >= large and vb >= large and pair_small:
-            continue
         smaller = min(segment_voxels.get(s.a, 0), segment_voxels.get(s.b, 0))
+        if large and va >= large and vb >= large and smaller < large:
+            continue
         if smaller < min_bridge_fraction * min(va, vb):
             continue
         uf.union(s.a, s.b)
