@@ -35,6 +35,22 @@ def test_one_merge_zeroes_both_skeletons_runs_in_the_merged_segment():
     assert result.n_merges == 1 and result.merging_segments == [1] and result.n_splits == 1
 
 
+def test_merge_min_nodes_ignores_a_few_stray_nodes_of_another_skeleton():
+    skeletons = {1: chain(5), 2: chain(6, offset=(100.0, 0.0, 0.0))}
+    # skeleton 2's tip node (a boundary voxel) lies in segment 1, the rest in segment 2
+    segments = {1: np.full(5, 1), 2: np.array([1, 2, 2, 2, 2, 2])}
+    strict = expected_run_length(skeletons, segments)
+    assert strict.merging_segments == [1] and strict.erl_nm == pytest.approx(40**2 / 90)
+    tolerant = expected_run_length(skeletons, segments, merge_min_nodes=2)
+    assert tolerant.merging_segments == [] and tolerant.n_merges == 0
+    assert tolerant.erl_nm == pytest.approx((40**2 + 40**2) / 90)
+    # two stray nodes reach the tolerance: a merge again
+    segments[2] = np.array([1, 1, 2, 2, 2, 2])
+    assert expected_run_length(skeletons, segments, merge_min_nodes=2).merging_segments == [1]
+    with pytest.raises(ValueError, match="merge_min_nodes"):
+        expected_run_length(skeletons, segments, merge_min_nodes=0)
+
+
 def test_unlabelled_nodes_are_omitted_and_break_runs():
     result = expected_run_length({1: chain(5)}, {1: np.array([1, 1, 0, 1, 1])})
     # segment 1 holds edges 0-1 and 3-4; as in funlib, a segment's run sums its correct edges
@@ -56,3 +72,37 @@ def test_kimimaro_skeletons_are_in_zyx_nm_and_measure_a_tube():
     halves[:, :, 30:][halves[:, :, 30:] == 1] = 2
     split = segmentation_run_length(halves, skeletons, (20.0, 10.0, 10.0))
     assert split.n_splits == 1 and split.erl_nm < 0.6 * whole.erl_nm
+
+
+def test_evaluate_stage_applies_the_configured_merge_tolerance(tmp_path):
+    import json
+
+    from ffnflow.config import validate_config
+    from ffnflow.stages.evaluate import run_evaluate
+    from ffnflow.volumes import write_volume
+
+    gt = np.zeros((30, 30, 60), np.uint32)
+    gt[5:11, 5:11, 2:58] = 1
+    gt[18:24, 18:24, 2:58] = 2
+    seg = gt.astype(np.uint64)
+    seg[18:24, 18:24, 56:58] = 1  # segment 1 takes tube 2's end: a stray tip node or two
+    write_volume(f"{tmp_path}/gt.h5:labels", gt, (10, 10, 10))
+    write_volume(f"{tmp_path}/seg.h5:labels", seg, (10, 10, 10))
+    merges = {}
+    for tolerance in (1, 10):
+        cfg = validate_config(
+            {
+                "datasets": {
+                    "d": {
+                        "raw": f"{tmp_path}/gt.h5:labels",
+                        "labels": f"{tmp_path}/gt.h5:labels",
+                        "resolution_nm": [10, 10, 10],
+                    }
+                },
+                "evaluation": {"skeleton_dust_voxels": 10, "erl_merge_min_nodes": tolerance},
+            }
+        )
+        out = tmp_path / f"metrics_{tolerance}.json"
+        run_evaluate(cfg, "d", f"{tmp_path}/seg.h5:labels", out)
+        merges[tolerance] = json.loads(out.read_text())["erl_merges"]
+    assert merges == {1: 1, 10: 0}

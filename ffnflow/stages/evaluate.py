@@ -63,7 +63,11 @@ def run_evaluate(
                 f"shape {seg.shape}"
             )
         figures = segmentation_metrics(labels, seg)
-        figures.update(segmentation_run_length(seg, skeletons, dataset.resolution_nm).as_dict())
+        figures.update(
+            segmentation_run_length(
+                seg, skeletons, dataset.resolution_nm, cfg["erl_merge_min_nodes"]
+            ).as_dict()
+        )
         per_stage[name] = figures
         log.info("%s %s: %s", dataset_name, name, json.dumps(figures))
     metrics = {**per_stage["final"], "stages": per_stage}
