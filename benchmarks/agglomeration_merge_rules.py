@@ -9,19 +9,23 @@ that fraction of the smaller group). No FFN runs: the local runs' scores are tak
 they are. Prints, per rule, the merges, how many join two segments of the same majority
 ground-truth object ("one neuron"), and the change of VI split / merge (and with
 ``--erl`` of ERL along kimimaro skeletons of the ground truth) from ``cleaned.h5``.
+``--halves AXIS`` also decides each rule on the decision points of each half of the
+volume along AXIS (z, y or x) alone: a rule chosen on the whole table is only worth
+keeping when it helps in both halves.
 
 For choosing options: run it on training data only (on FIB-25, x 0-125 of
 ``fib25_s2_train.h5``; never x 125-250).
 
 Usage: python benchmarks/agglomeration_merge_rules.py --cleaned RUN/cleaned.h5
     --pairs RUN/agglomeration_pairs.csv --ground-truth GT.h5 [--config CFG.yaml]
-    [--erl] [--out results.txt]
+    [--erl] [--halves z|y|x] [--out results.txt]
 Last line: one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from dataclasses import replace
 
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--config", help="the run's config (default: the workflow defaults)")
     parser.add_argument("--resolution-nm", type=float, nargs=3, default=(10.0, 10.0, 10.0))
     parser.add_argument("--erl", action="store_true", help="also ERL (skeletonises the GT)")
+    parser.add_argument("--halves", choices=("z", "y", "x"), help="also per half along this axis")
     parser.add_argument("--out", help="write the table here too")
     args = parser.parse_args()
 
@@ -69,6 +74,15 @@ def main() -> None:
         return m
 
     base = measure(seg)
+    subsets: list[tuple[str, list]] = [("all", scores)]
+    if args.halves:
+        axis = "zyx".index(args.halves)
+        mid = seg.shape[axis] / 2
+        coordinate = lambda s: (s.z, s.y, s.x)[axis]  # noqa: E731
+        subsets += [
+            (f"{args.halves}<{mid:g}", [s for s in scores if coordinate(s) < mid]),
+            (f"{args.halves}>={mid:g}", [s for s in scores if coordinate(s) >= mid]),
+        ]
     lines = [
         f"{len(scores)} scored decision points of {args.cleaned}; cleaned.h5: VI split / "
         f"merge {base['vi_split']:.3f} / {base['vi_merge']:.3f}"
@@ -78,31 +92,36 @@ def main() -> None:
         + (f" {'dERL nm':>8}" if skeletons is not None else ""),
     ]
     rows = []
-    for large in LARGE_SEGMENT_VOXELS:
-        for fraction in MIN_BRIDGE_FRACTIONS:
-            opts = replace(options, large_segment_voxels=large)
-            table, decided = merge_table(scores, opts, voxels, min_bridge_fraction=fraction)
-            merged = {(s.a, s.b) for s in decided if s.merge}
-            same = sum(1 for a, b in merged if majority.get(a) and majority[a] == majority[b])
-            m = measure(apply_merges(seg, table))
-            row = {
-                "large_segment_voxels": large,
-                "min_bridge_fraction": fraction,
-                "merges": len(merged),
-                "one_neuron": same,
-                "d_vi_split": round(m["vi_split"] - base["vi_split"], 4),
-                "d_vi_merge": round(m["vi_merge"] - base["vi_merge"], 4),
-            }
-            if skeletons is not None:
-                row["d_erl_nm"] = round(m["erl_nm"] - base["erl_nm"], 1)
-            rows.append(row)
-            pipeline = large == options.large_segment_voxels and fraction == 0.0
-            lines.append(
-                f"{large:>20d} {fraction:>10.2f} {len(merged):>6d} {same:>10d} "
-                f"{row['d_vi_split']:>+9.3f} {row['d_vi_merge']:>+9.3f}"
-                + (f" {row['d_erl_nm']:>+8.1f}" if skeletons is not None else "")
-                + ("  (the pipeline)" if pipeline else "")
-            )
+    for (subset, points), large, fraction in itertools.product(
+        subsets, LARGE_SEGMENT_VOXELS, MIN_BRIDGE_FRACTIONS
+    ):
+        if large == LARGE_SEGMENT_VOXELS[0] and fraction == MIN_BRIDGE_FRACTIONS[0]:
+            lines.append(f"{subset}: {len(points)} decision points")
+        opts = replace(options, large_segment_voxels=large)
+        table, decided = merge_table(points, opts, voxels, min_bridge_fraction=fraction)
+        merged = {(s.a, s.b) for s in decided if s.merge}
+        same = sum(1 for a, b in merged if majority.get(a) and majority[a] == majority[b])
+        m = measure(apply_merges(seg, table))
+        row = {
+            "points": subset,
+            "large_segment_voxels": large,
+            "min_bridge_fraction": fraction,
+            "merges": len(merged),
+            "one_neuron": same,
+            "d_vi_split": round(m["vi_split"] - base["vi_split"], 4),
+            "d_vi_merge": round(m["vi_merge"] - base["vi_merge"], 4),
+        }
+        if skeletons is not None:
+            row["d_erl_nm"] = round(m["erl_nm"] - base["erl_nm"], 1)
+        rows.append(row)
+        pipeline = large == options.large_segment_voxels and fraction == 0.0
+        pipeline = pipeline and subset == "all"
+        lines.append(
+            f"{large:>20d} {fraction:>10.2f} {len(merged):>6d} {same:>10d} "
+            f"{row['d_vi_split']:>+9.3f} {row['d_vi_merge']:>+9.3f}"
+            + (f" {row['d_erl_nm']:>+8.1f}" if skeletons is not None else "")
+            + ("  (the pipeline)" if pipeline else "")
+        )
     text = "\n".join(lines)
     print(text)
     if args.out:
