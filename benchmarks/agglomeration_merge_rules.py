@@ -97,8 +97,8 @@ def main() -> None:
     ):
         if large == LARGE_SEGMENT_VOXELS[0] and fraction == MIN_BRIDGE_FRACTIONS[0]:
             lines.append(f"{subset}: {len(points)} decision points")
-        opts = replace(options, large_segment_voxels=large)
-        table, decided = merge_table(points, opts, voxels, min_bridge_fraction=fraction)
+        opts = replace(options, large_segment_voxels=large, min_bridge_fraction=fraction)
+        table, decided = merge_table(points, opts, voxels)
         merged = {(s.a, s.b) for s in decided if s.merge}
         same = sum(1 for a, b in merged if majority.get(a) and majority[a] == majority[b])
         m = measure(apply_merges(seg, table))
@@ -114,7 +114,8 @@ def main() -> None:
         if skeletons is not None:
             row["d_erl_nm"] = round(m["erl_nm"] - base["erl_nm"], 1)
         rows.append(row)
-        pipeline = large == options.large_segment_voxels and fraction == 0.0
+        pipeline = large == options.large_segment_voxels
+        pipeline = pipeline and fraction == options.min_bridge_fraction
         pipeline = pipeline and subset == "all"
         lines.append(
             f"{large:>20d} {fraction:>10.2f} {len(merged):>6d} {same:>10d} "

@@ -21,7 +21,13 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 
 # Keys of agglomeration.resegmentation that only decide merges from the scored pairs (the
 # agglomerate step), not the decision points or the local FFN runs that produce the scores.
-MERGE_DECISION_KEYS = ("merge_iou", "min_consistency", "max_deleted", "large_segment_voxels")
+MERGE_DECISION_KEYS = (
+    "merge_iou",
+    "min_consistency",
+    "max_deleted",
+    "large_segment_voxels",
+    "min_bridge_fraction",
+)
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:

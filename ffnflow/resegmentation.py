@@ -66,6 +66,7 @@ class ResegmentationOptions:
     min_consistency: float = 0.4
     max_deleted: float = 0.1
     large_segment_voxels: int = 20000
+    min_bridge_fraction: float = 0.0
     max_points_per_pair: int = 4
 
     def __post_init__(self) -> None:
@@ -394,7 +395,6 @@ def merge_table(
     scores: Iterable[PairScore],
     options: ResegmentationOptions,
     segment_voxels: dict[int, int],
-    min_bridge_fraction: float = 0.0,
 ) -> tuple[dict[int, int], list[PairScore]]:
     """Decide the merges of scored decision points; returns the relabel table (segment id
     -> a representative of its merged group) and every score with ``merge`` = applied.
@@ -402,8 +402,7 @@ def merge_table(
     Points passing :func:`passes_merge_thresholds` join their pair, strongest IoU first (a
     pair with several contacts merges when one of its points passes). A join of two groups
     that both hold at least ``large_segment_voxels`` (0: no limit) is refused unless both
-    segments of the pair itself are that large. ``min_bridge_fraction`` (0: off; not yet a
-    workflow option, see ``benchmarks/agglomeration_merge_rules.py``) also refuses a join
+    segments of the pair itself are that large. ``min_bridge_fraction`` (0: off) also refuses a join
     whose smaller segment holds less than this fraction of the smaller of the two groups:
     a fragment then cannot join two groups much larger than itself, whatever their size.
     ``segment_voxels``: voxels per segment id.
@@ -429,7 +428,7 @@ def merge_table(
         smaller = min(segment_voxels.get(s.a, 0), segment_voxels.get(s.b, 0))
         if large and va >= large and vb >= large and smaller < large:
             continue
-        if smaller < min_bridge_fraction * min(va, vb):
+        if smaller < options.min_bridge_fraction * min(va, vb):
             continue
         uf.union(s.a, s.b)
         group_voxels[uf.find(s.a)] = va + vb

@@ -232,12 +232,11 @@ def test_a_fragment_bridges_two_groups_only_when_it_is_not_much_smaller():
     ]  # fmt: skip
     table, decided = merge_table(scores, options, voxels)
     assert table[1] == table[2] == table[3]  # the guard alone lets 3 bridge 1 and {2, 4}
-    table, decided = merge_table(scores, options, voxels, min_bridge_fraction=0.25)
+    table, decided = merge_table(scores, replace(options, min_bridge_fraction=0.25), voxels)
     assert [s.merge for s in decided] == [True, True, False, True, True]
     assert table[1] == table[3] and table[2] == table[4] and table[1] != table[2]
     assert table[5] == table[6] == table[7]
-    # Off (0) is the default: the same as before.
-    assert merge_table(scores, options, voxels, 0.0) == merge_table(scores, options, voxels)
+    assert ResegmentationOptions().min_bridge_fraction == 0.0  # off by default
 
 
 def test_a_pair_touching_in_two_places_gets_a_point_on_each_contact():
