@@ -6,7 +6,8 @@ the same scores under several rules with :func:`~ffnflow.resegmentation.merge_ta
 ``large_segment_voxels`` (the workflow's guard against two large groups joined through a
 small segment) and ``min_bridge_fraction`` (no join whose smaller segment holds less than
 that fraction of the smaller group). No FFN runs: the local runs' scores are taken as
-they are. Prints, per rule, the merges, how many join two segments of the same majority
+they are. Prints the oracle (every examined pair of one neuron merged: what a perfect
+scorer of these points would gain) and, per rule, the merges, how many join two segments of the same majority
 ground-truth object ("one neuron"), and the change of VI split / merge (and with
 ``--erl`` of ERL along kimimaro skeletons of the ground truth) from ``cleaned.h5``.
 ``--halves AXIS`` also decides each rule on the decision points of each half of the
@@ -18,7 +19,7 @@ For choosing options: run it on training data only (on FIB-25, x 0-125 of
 
 Usage: python benchmarks/agglomeration_merge_rules.py --cleaned RUN/cleaned.h5
     --pairs RUN/agglomeration_pairs.csv --ground-truth GT.h5 [--config CFG.yaml]
-    [--erl] [--halves z|y|x] [--out results.txt]
+    [--erl [--erl-merge-min-nodes N]] [--halves z|y|x] [--out results.txt]
 Last line: one JSON object.
 """
 
@@ -38,6 +39,7 @@ from ffnflow.metrics import majority_objects, segmentation_metrics
 from ffnflow.resegmentation import apply_merges, merge_table, read_scores_csv
 from ffnflow.run_length import segmentation_run_length, skeletonize
 from ffnflow.stages.agglomerate import resegmentation_options
+from ffnflow.stitch import UnionFind
 
 LARGE_SEGMENT_VOXELS = (0, 10000, 20000, 50000)
 MIN_BRIDGE_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
@@ -51,6 +53,9 @@ def main() -> None:
     parser.add_argument("--config", help="the run's config (default: the workflow defaults)")
     parser.add_argument("--resolution-nm", type=float, nargs=3, default=(10.0, 10.0, 10.0))
     parser.add_argument("--erl", action="store_true", help="also ERL (skeletonises the GT)")
+    parser.add_argument(
+        "--erl-merge-min-nodes", type=int, default=1, help="evaluation.erl_merge_min_nodes"
+    )
     parser.add_argument("--halves", choices=("z", "y", "x"), help="also per half along this axis")
     parser.add_argument("--out", help="write the table here too")
     args = parser.parse_args()
@@ -70,7 +75,9 @@ def main() -> None:
     def measure(labels: np.ndarray) -> dict[str, float]:
         m = segmentation_metrics(gt, labels)
         if skeletons is not None:
-            m["erl_nm"] = segmentation_run_length(labels, skeletons, args.resolution_nm).erl_nm
+            m["erl_nm"] = segmentation_run_length(
+                labels, skeletons, args.resolution_nm, args.erl_merge_min_nodes
+            ).erl_nm
         return m
 
     base = measure(seg)
@@ -86,17 +93,43 @@ def main() -> None:
     lines = [
         f"{len(scores)} scored decision points of {args.cleaned}; cleaned.h5: VI split / "
         f"merge {base['vi_split']:.3f} / {base['vi_merge']:.3f}"
-        + (f", ERL {base['erl_nm']:.0f} nm" if skeletons is not None else ""),
+        + (
+            f", ERL {base['erl_nm']:.0f} nm (erl_merge_min_nodes {args.erl_merge_min_nodes})"
+            if skeletons is not None
+            else ""
+        ),
         f"{'large_segment_voxels':>20} {'min_bridge':>10} {'merges':>6} {'one-neuron':>10} "
         f"{'dVI split':>9} {'dVI merge':>9}"
         + (f" {'dERL nm':>8}" if skeletons is not None else ""),
     ]
-    rows = []
+    rows, oracles = [], []
     for (subset, points), large, fraction in itertools.product(
         subsets, LARGE_SEGMENT_VOXELS, MIN_BRIDGE_FRACTIONS
     ):
         if large == LARGE_SEGMENT_VOXELS[0] and fraction == MIN_BRIDGE_FRACTIONS[0]:
-            lines.append(f"{subset}: {len(points)} decision points")
+            # The oracle: every examined one-neuron pair merged, nothing else.
+            uf = UnionFind()
+            one_neuron = {
+                (s.a, s.b) for s in points if majority.get(s.a) and majority[s.a] == majority[s.b]
+            }
+            for a, b in one_neuron:
+                uf.union(a, b)
+            m = measure(apply_merges(seg, {k: uf.find(k) for k in list(uf.parent)}))
+            oracle = {
+                "points": subset,
+                "oracle_pairs": len(one_neuron),
+                "d_vi_split": round(m["vi_split"] - base["vi_split"], 4),
+                "d_vi_merge": round(m["vi_merge"] - base["vi_merge"], 4),
+            }
+            if skeletons is not None:
+                oracle["d_erl_nm"] = round(m["erl_nm"] - base["erl_nm"], 1)
+            oracles.append(oracle)
+            lines.append(
+                f"{subset}: {len(points)} decision points; oracle (every one of its "
+                f"{len(one_neuron)} one-neuron pairs merged): dVI split "
+                f"{oracle['d_vi_split']:+.3f}, merge {oracle['d_vi_merge']:+.3f}"
+                + (f", dERL {oracle['d_erl_nm']:+.1f} nm" if skeletons is not None else "")
+            )
         opts = replace(options, large_segment_voxels=large, min_bridge_fraction=fraction)
         table, decided = merge_table(points, opts, voxels)
         merged = {(s.a, s.b) for s in decided if s.merge}
@@ -128,7 +161,8 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
-    print(json.dumps({"base": {k: base[k] for k in ("vi_split", "vi_merge")}, "rules": rows}))
+    summary = {"base": {k: base[k] for k in ("vi_split", "vi_merge")}, "oracle": oracles}
+    print(json.dumps({**summary, "rules": rows}))
 
 
 if __name__ == "__main__":
