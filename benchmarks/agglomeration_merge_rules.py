@@ -7,9 +7,10 @@ the same scores under several rules with :func:`~ffnflow.resegmentation.merge_ta
 small segment) and ``min_bridge_fraction`` (no join whose smaller segment holds less than
 that fraction of the smaller group). No FFN runs: the local runs' scores are taken as
 they are. Prints the oracle (every examined pair of one neuron merged: what a perfect
-scorer of these points would gain) and, per rule, the merges, how many join two segments of the same majority
-ground-truth object ("one neuron"), and the change of VI split / merge (and with
-``--erl`` of ERL along kimimaro skeletons of the ground truth) from ``cleaned.h5``.
+scorer of these points would gain) and, per rule, the merges, how many join two segments
+of the same majority ground-truth object ("one neuron"), and the change of VI split /
+merge (and with ``--erl`` of ERL along kimimaro skeletons of the ground truth) from
+``cleaned.h5``.
 ``--halves AXIS`` also decides each rule on the decision points of each half of the
 volume along AXIS (z, y or x) alone: a rule chosen on the whole table is only worth
 keeping when it helps in both halves.
@@ -103,59 +104,59 @@ def main() -> None:
         + (f" {'dERL nm':>8}" if skeletons is not None else ""),
     ]
     rows, oracles = [], []
-    for (subset, points), large, fraction in itertools.product(
-        subsets, LARGE_SEGMENT_VOXELS, MIN_BRIDGE_FRACTIONS
-    ):
-        if large == LARGE_SEGMENT_VOXELS[0] and fraction == MIN_BRIDGE_FRACTIONS[0]:
-            # The oracle: every examined one-neuron pair merged, nothing else.
-            uf = UnionFind()
-            one_neuron = {
-                (s.a, s.b) for s in points if majority.get(s.a) and majority[s.a] == majority[s.b]
-            }
-            for a, b in one_neuron:
-                uf.union(a, b)
-            m = measure(apply_merges(seg, {k: uf.find(k) for k in list(uf.parent)}))
-            oracle = {
-                "points": subset,
-                "oracle_pairs": len(one_neuron),
-                "d_vi_split": round(m["vi_split"] - base["vi_split"], 4),
-                "d_vi_merge": round(m["vi_merge"] - base["vi_merge"], 4),
-            }
-            if skeletons is not None:
-                oracle["d_erl_nm"] = round(m["erl_nm"] - base["erl_nm"], 1)
-            oracles.append(oracle)
-            lines.append(
-                f"{subset}: {len(points)} decision points; oracle (every one of its "
-                f"{len(one_neuron)} one-neuron pairs merged): dVI split "
-                f"{oracle['d_vi_split']:+.3f}, merge {oracle['d_vi_merge']:+.3f}"
-                + (f", dERL {oracle['d_erl_nm']:+.1f} nm" if skeletons is not None else "")
-            )
-        opts = replace(options, large_segment_voxels=large, min_bridge_fraction=fraction)
-        table, decided = merge_table(points, opts, voxels)
-        merged = {(s.a, s.b) for s in decided if s.merge}
-        same = sum(1 for a, b in merged if majority.get(a) and majority[a] == majority[b])
-        m = measure(apply_merges(seg, table))
-        row = {
+    for subset, points in subsets:
+        # The oracle: every examined one-neuron pair merged, nothing else.
+        one_neuron = {
+            (s.a, s.b) for s in points if majority.get(s.a) and majority[s.a] == majority[s.b]
+        }
+        uf = UnionFind()
+        for a, b in one_neuron:
+            uf.union(a, b)
+        m = measure(apply_merges(seg, {k: uf.find(k) for k in list(uf.parent)}))
+        oracle = {
             "points": subset,
-            "large_segment_voxels": large,
-            "min_bridge_fraction": fraction,
-            "merges": len(merged),
-            "one_neuron": same,
+            "oracle_pairs": len(one_neuron),
             "d_vi_split": round(m["vi_split"] - base["vi_split"], 4),
             "d_vi_merge": round(m["vi_merge"] - base["vi_merge"], 4),
         }
         if skeletons is not None:
-            row["d_erl_nm"] = round(m["erl_nm"] - base["erl_nm"], 1)
-        rows.append(row)
-        pipeline = large == options.large_segment_voxels
-        pipeline = pipeline and fraction == options.min_bridge_fraction
-        pipeline = pipeline and subset == "all"
+            oracle["d_erl_nm"] = round(m["erl_nm"] - base["erl_nm"], 1)
+        oracles.append(oracle)
         lines.append(
-            f"{large:>20d} {fraction:>10.2f} {len(merged):>6d} {same:>10d} "
-            f"{row['d_vi_split']:>+9.3f} {row['d_vi_merge']:>+9.3f}"
-            + (f" {row['d_erl_nm']:>+8.1f}" if skeletons is not None else "")
-            + ("  (the pipeline)" if pipeline else "")
+            f"{subset}: {len(points)} decision points; oracle (every one of its "
+            f"{len(one_neuron)} one-neuron pairs merged): dVI split "
+            f"{oracle['d_vi_split']:+.3f}, merge {oracle['d_vi_merge']:+.3f}"
+            + (f", dERL {oracle['d_erl_nm']:+.1f} nm" if skeletons is not None else "")
         )
+        for large, fraction in itertools.product(LARGE_SEGMENT_VOXELS, MIN_BRIDGE_FRACTIONS):
+            opts = replace(options, large_segment_voxels=large, min_bridge_fraction=fraction)
+            table, decided = merge_table(points, opts, voxels)
+            merged = {(s.a, s.b) for s in decided if s.merge}
+            same = sum(1 for a, b in merged if majority.get(a) and majority[a] == majority[b])
+            m = measure(apply_merges(seg, table))
+            row = {
+                "points": subset,
+                "large_segment_voxels": large,
+                "min_bridge_fraction": fraction,
+                "merges": len(merged),
+                "one_neuron": same,
+                "d_vi_split": round(m["vi_split"] - base["vi_split"], 4),
+                "d_vi_merge": round(m["vi_merge"] - base["vi_merge"], 4),
+            }
+            if skeletons is not None:
+                row["d_erl_nm"] = round(m["erl_nm"] - base["erl_nm"], 1)
+            rows.append(row)
+            pipeline = (
+                subset == "all"
+                and large == options.large_segment_voxels
+                and fraction == options.min_bridge_fraction
+            )
+            lines.append(
+                f"{large:>20d} {fraction:>10.2f} {len(merged):>6d} {same:>10d} "
+                f"{row['d_vi_split']:>+9.3f} {row['d_vi_merge']:>+9.3f}"
+                + (f" {row['d_erl_nm']:>+8.1f}" if skeletons is not None else "")
+                + ("  (the pipeline)" if pipeline else "")
+            )
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -402,9 +402,10 @@ def merge_table(
     Points passing :func:`passes_merge_thresholds` join their pair, strongest IoU first (a
     pair with several contacts merges when one of its points passes). A join of two groups
     that both hold at least ``large_segment_voxels`` (0: no limit) is refused unless both
-    segments of the pair itself are that large. ``min_bridge_fraction`` (0: off) also refuses a join
-    whose smaller segment holds less than this fraction of the smaller of the two groups:
-    a fragment then cannot join two groups much larger than itself, whatever their size.
+    segments of the pair itself are that large. ``min_bridge_fraction`` (0: off) also
+    refuses a join whose smaller segment holds less than this fraction of the smaller of
+    the two groups: a fragment then cannot join two groups much larger than itself,
+    whatever their size.
     ``segment_voxels``: voxels per segment id.
     """
     scores = list(scores)
