@@ -72,12 +72,13 @@ def main() -> None:
     upper = np.asarray(gt.shape) - 1
     depths = []
     for key, segs in segments.items():
+        ids = np.unique(segs)
+        minority = np.array([s != 0 and majority[int(s)][1] != key for s in ids])
+        stray = minority[np.searchsorted(ids, segs)]
         idx = np.clip(
             np.rint(skeletons[key].vertices_nm / np.asarray(resolution)).astype(np.int64), 0, upper
-        )
-        for (z, y, x), s in zip(idx, segs):
-            if s and majority[int(s)][1] != key:
-                depths.append(float(depth[z, y, x]))
+        )[stray]
+        depths.extend(depth[idx[:, 0], idx[:, 1], idx[:, 2]].tolist())
     minority_pairs = [c for (s, key), c in counts.items() if majority[s][1] != key]
     q = np.percentile(depths, [25, 50, 75, 90]).round(1).tolist() if depths else []
     print(
