@@ -104,7 +104,7 @@ def clean_up_inputs(wildcards):
     """Input function: the FFN pass, the reverse pass for the consensus, the mask net output."""
     inputs = {"ffn": result(wildcards.dataset, "ffn.h5")}
     if config["agglomeration"]["consensus"]:
-        inputs["reverse"] = result(wildcards.dataset, "ffn_reverse.h5")
+        inputs["reverse_pass"] = result(wildcards.dataset, "ffn_reverse.h5")
     return {**inputs, **masknet_input(wildcards)}
 
 

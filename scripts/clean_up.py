@@ -10,6 +10,6 @@ with logged_stage(snakemake.log[0]):  # noqa: F821 (snakemake is injected)
         snakemake.input.ffn,  # noqa: F821
         snakemake.output.segmentation,  # noqa: F821
         snakemake.output.counters,  # noqa: F821
-        reverse_h5=snakemake.input.get("reverse"),  # noqa: F821
+        reverse_h5=snakemake.input.get("reverse_pass"),  # noqa: F821
         mask_h5=snakemake.input.get("mask"),  # noqa: F821
     )

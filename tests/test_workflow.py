@@ -157,6 +157,29 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     metrics = json.loads((results / "metrics.json").read_text())
     assert list(metrics["stages"]) == ["ffn", "cleaned", "agglomerated", "filled", "final"]
 
+    # Enabling the consensus adds the reverse FFN pass; the first pass is kept.
+    consensus_on = tmp_path / "consensus_on.yaml"
+    consensus_on.write_text(
+        json.dumps({**json.loads(config.read_text()), "agglomeration": {"consensus": True}})
+    )
+    jobs = planned_jobs(work, [consensus_on], "results/mydata/metrics.json")
+    assert {"segment", "stitch_blocks", "clean_up", "agglomerate"} <= jobs, jobs
+    assert "place_seeds" not in jobs, jobs
+    proc = snakemake(work, consensus_on, "results/mydata/metrics.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(results / "ffn.h5", "r") as f:
+        first = f["labels"][...]
+    with h5py.File(results / "ffn_reverse.h5", "r") as f:
+        second = f["labels"][...]
+    with h5py.File(results / "cleaned.h5", "r") as f:
+        cleaned = f["labels"][...]
+    assert np.count_nonzero(second) > 0
+    # Each consensus segment lies within one label of each pass where both passes label it.
+    both = (cleaned > 0) & (first > 0) & (second > 0)
+    for segment in np.unique(cleaned[both]):
+        voxels = both & (cleaned == segment)
+        assert len(np.unique(first[voxels])) == 1 and len(np.unique(second[voxels])) == 1
+
 
 def check_report(work: Path, config: Path, targets: list[str]) -> None:
     """``snakemake --report`` writes one self-contained HTML whose embedded images decode."""
