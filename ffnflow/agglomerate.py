@@ -53,14 +53,18 @@ def renumber(labels: np.ndarray) -> np.ndarray:
 
 
 def intersection_consensus(a: np.ndarray, b: np.ndarray, min_segment_voxels: int) -> np.ndarray:
-    """Split two segmentations by their intersection; pieces < ``min_segment_voxels`` drop."""
+    """Split segmentation ``a`` by ``b``: every (a, b) label pair becomes its own segment.
+
+    As the reference's ``split_segmentation_by_intersection``: voxels ``b`` leaves unlabelled
+    stay in ``a``'s pieces (the pair (a, 0) is a piece), voxels ``a`` leaves unlabelled stay
+    unlabelled, and pieces < ``min_segment_voxels`` voxels drop (uint64, z, y, x).
+    """
     _check_same_shape(a, b, "consensus")
     a64 = np.asarray(a, dtype=np.uint64)
     b64 = np.asarray(b, dtype=np.uint64)
     if a64.max(initial=0) >= 2**32 or b64.max(initial=0) >= 2**32:
         raise InputError("consensus: segment ids must be < 2**32")
-    both = (a64 > 0) & (b64 > 0)
-    pair = np.where(both, (a64 << np.uint64(32)) | b64, np.uint64(0))
+    pair = np.where(a64 > 0, (a64 << np.uint64(32)) | b64, np.uint64(0))
     return remove_dust(renumber(pair), min_segment_voxels)
 
 

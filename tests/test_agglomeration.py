@@ -59,20 +59,26 @@ class ConnectedOracle(OraclePredictor):
         return out
 
 
-def test_consensus_keeps_only_voxels_both_passes_agree_on_and_splits_by_pairs():
+def test_consensus_splits_the_first_pass_by_every_label_pair_of_both_passes():
     a = np.zeros((10, 10, 10), np.uint64)
     a[:, :, :5], a[:, :, 5:] = 1, 2
+    a[:, 0, :] = 0  # the first pass left row y 0 out
     b = a.copy()
     b[:5] = 7  # the second pass merged the top half
+    b[:, 0, :] = 7  # labelled row y 0
     b[9] = 0  # and left the last slice out
-    original = a.copy()
+    original_a, original_b = a.copy(), b.copy()
     c = intersection_consensus(a, b, min_segment_voxels=10)
-    assert np.array_equal(a, original)  # inputs untouched
-    assert c[9].max() == 0
+    assert np.array_equal(a, original_a) and np.array_equal(b, original_b)  # inputs untouched
+    assert c[:, 0, :].max() == 0  # unlabelled in the first pass: stays unlabelled
+    # (a, 0) is a piece of its own, as in the reference: z 9 keeps two segments
+    assert len(np.unique(c[9, 1:, :])) == 2 and c[9, 1:, :].min() > 0
     ids, counts = np.unique(c[c > 0], return_counts=True)
-    assert list(counts) == [250, 250, 200, 200]
+    assert sorted(counts) == [45, 45, 180, 180, 225, 225]
+    assert len(np.unique(c[:5, 1:, :5])) == 1 and c[0, 1, 0] != c[5, 1, 0]
     # a voxel pair that occurs less often than the minimum size is dropped
-    assert intersection_consensus(a, b, min_segment_voxels=201)[5:9].max() == 0
+    c = intersection_consensus(a, b, min_segment_voxels=181)
+    assert c[5:, 1:].max() == 0 and c[:5, 1:].min() > 0
 
 
 def test_split_dust_and_owned_gap_filling():
