@@ -33,6 +33,7 @@ import csv
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import cc3d
 import edt
@@ -465,18 +466,20 @@ def write_scores_csv(path: str | Path, scores: Iterable[PairScore]) -> None:
 
 def read_scores_csv(path: str | Path) -> list[PairScore]:
     """Scored pairs written by :func:`write_scores_csv`."""
-    out = []
-    for row in _read_rows(path):
-        kw = {}
-        for f in fields(PairScore):
-            value = row[f.name]
-            kw[f.name] = (
-                value == "True"
-                if f.type == "bool"
-                else (float(value) if f.type == "float" else int(value))
-            )
-        out.append(PairScore(**kw))
-    return out
+    return [score_from_row(row) for row in _read_rows(path)]
+
+
+def score_from_row(row: dict[str, str]) -> PairScore:
+    """One scored pair from a CSV row of :func:`write_scores_csv`'s columns."""
+    kw: dict[str, Any] = {}
+    for f in fields(PairScore):
+        value = row[f.name]
+        kw[f.name] = (
+            value == "True"
+            if f.type == "bool"
+            else (float(value) if f.type == "float" else int(value))
+        )
+    return PairScore(**kw)
 
 
 def _write_rows(path: str | Path, columns: list[str], rows: Iterable[dict]) -> None:

@@ -340,6 +340,65 @@ def test_scoring_in_processes_equals_scoring_in_one(tmp_path, tiny_em):
     assert read_scores_csv(tmp_path / "two.csv") == two
 
 
+def test_a_killed_scoring_job_resumes_from_its_checkpoint(tmp_path, tiny_em):
+    """Points a killed run scored (kept in ``pair_scores.csv.partial``) are not scored again;
+    a row cut off by the kill, or a checkpoint of other inputs, is scored afresh."""
+    from ffnflow.config import validate_config
+    from ffnflow.stages.agglomerate import run_find_decision_points
+    from ffnflow.stages.score_pairs import ScoreCheckpoint, run_score_pairs, scoring_fingerprint
+
+    config = validate_config(
+        {
+            "datasets": {"d": {"raw": f"{tiny_em}:raw", "resolution_nm": [10, 10, 10]}},
+            "ffn": {"device": "cpu", "progress": False},
+            "agglomeration": {
+                "resegmentation": {
+                    "min_segment_voxels": 500,
+                    "radius_zyx": [4, 4, 4],
+                    "analysis_radius_zyx": [4, 4, 4],
+                }
+            },
+        }
+    )
+    all_points = tmp_path / "all_points.csv"
+    run_find_decision_points(config, "d", tiny_em, all_points)  # the GT labels as segments
+    inner = [p for p in read_points_csv(all_points) if all(14 <= c < 34 for c in p.point)]
+    write_points_csv(tmp_path / "points.csv", inner[:3])
+
+    def score(name: str) -> list:
+        return run_score_pairs(
+            config, "d", "z0_y0_x0", tiny_em, tmp_path / "points.csv", tmp_path / name, 1
+        )
+
+    fresh = score("fresh.csv")
+    assert not (tmp_path / "fresh.csv.partial").exists()  # removed once the block is done
+    # A run killed after two points; the first one's row is marked to show that it is reused.
+    fingerprint = scoring_fingerprint(config, "d", tiny_em, None)
+    marked = replace(fresh[0], fov_evaluations=-1)
+    checkpoint = ScoreCheckpoint(tmp_path / "resumed.csv", fingerprint)
+    checkpoint.start({})
+    checkpoint.append(marked)
+    checkpoint.append(fresh[1])
+    with open(checkpoint.path, "a") as f:
+        f.write(f"{fresh[2].a},{fresh[2].b},3")  # the row the kill cut off
+    resumed = score("resumed.csv")
+    assert resumed == [marked, *fresh[1:]]
+    assert read_scores_csv(tmp_path / "resumed.csv") == resumed
+    assert not checkpoint.path.exists()
+    # Another FFN option or another cleaned file makes other inputs; a merge threshold not.
+    other_ffn = {**config, "ffn": {**config["ffn"], "precision": "bf16"}}
+    reseg = config["agglomeration"]["resegmentation"]
+    other_merge = {**config, "agglomeration": {"resegmentation": {**reseg, "merge_iou": 0.9}}}
+    assert scoring_fingerprint(other_ffn, "d", tiny_em, None) != fingerprint
+    assert scoring_fingerprint(config, "d", all_points, None) != fingerprint
+    assert scoring_fingerprint(other_merge, "d", tiny_em, None) == fingerprint
+    # A checkpoint of other inputs is not used.
+    stale = ScoreCheckpoint(tmp_path / "stale.csv", "0123456789abcdef")
+    stale.start({})
+    stale.append(marked)
+    assert score("stale.csv") == fresh
+
+
 def test_compare_runs_reads_both_runs_at_the_given_pom_threshold():
     # 1 x 1 x 10 box: A = voxels 0-4, B = 5-9; voxel 9 belongs to neither run (claimable).
     is_a = np.zeros((1, 1, 10), bool)

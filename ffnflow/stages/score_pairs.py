@@ -2,32 +2,41 @@
 
 Files (results/NAME/blocks/BLOCK/): ``pair_scores.csv``, the decision points inside the
 block's write ROI (from ``decision_points.csv``), each scored by
-:func:`~ffnflow.resegmentation.score_pair` on the cleaned labels. The only agglomeration
+:func:`~ffnflow.resegmentation.score_pair` on the cleaned labels. While a block is scored,
+``pair_scores.csv.partial`` holds the points scored so far, so that a killed job resumes
+where it stopped (:class:`ScoreCheckpoint`). The only agglomeration
 step that runs the FFN (and imports torch); merging the scored pairs is
 :func:`ffnflow.stages.agglomerate.run_agglomerate`.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ffnflow.config import dataset_config
+from ffnflow.config import MERGE_DECISION_KEYS, dataset_config
 from ffnflow.errors import InputError
 from ffnflow.ffn.canvas import InferenceOptions
 from ffnflow.ffn.predictor import resolve_device
 from ffnflow.resegmentation import (
     DecisionPoint,
     PairScore,
+    ResegmentationOptions,
+    passes_merge_thresholds,
     read_points_csv,
+    score_from_row,
     score_pair,
     write_scores_csv,
 )
@@ -130,6 +139,99 @@ def scoring_processes(config: dict[str, Any], threads: int | None) -> int:
     return max(int(threads or 1), 1) if device.type == "cpu" else 1
 
 
+PointKey = tuple[int, int, int, int, int]
+
+
+def point_key(point: DecisionPoint) -> PointKey:
+    """A decision point's identity: its pair (a, b) and position (z, y, x)."""
+    return (point.a, point.b, point.z, point.y, point.x)
+
+
+def scoring_fingerprint(
+    config: dict[str, Any],
+    dataset_name: str,
+    cleaned_h5: str | Path,
+    mask_h5: str | Path | None,
+) -> str:
+    """A digest of what a block's scores depend on: the FFN and dataset config, the
+    resegmentation options other than the merge thresholds, and the size and modification
+    time of the cleaned labels, the mask net output and the FFN checkpoint."""
+    reseg = config["agglomeration"]["resegmentation"]
+    files = {}
+    for name, path in (
+        ("cleaned", cleaned_h5),
+        ("mask", mask_h5),
+        ("checkpoint", config["ffn"]["checkpoint"]),
+    ):
+        if path is not None and Path(path).is_file():
+            stat = Path(path).stat()
+            files[name] = [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+    payload = {
+        "ffn": config["ffn"],
+        "dataset": config["datasets"][dataset_name],
+        "resegmentation": {k: v for k, v in reseg.items() if k not in MERGE_DECISION_KEYS},
+        "files": files,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class ScoreCheckpoint:
+    """The decision points of one block scored so far: ``SCORES.partial`` beside the block's
+    scores CSV, one row appended (and synced to disk) per scored point.
+
+    Its first line holds the inputs' :func:`scoring_fingerprint`; a checkpoint of other
+    inputs, or its unreadable rows (a row cut off by a kill), are not used.
+    """
+
+    HEADER = "# ffnflow pair scores checkpoint "
+
+    def __init__(self, scores_csv: str | Path, fingerprint: str) -> None:
+        scores_csv = Path(scores_csv)
+        self.path = scores_csv.with_name(scores_csv.name + ".partial")
+        self.fingerprint = fingerprint
+        self.columns = [f.name for f in fields(PairScore)]
+
+    def load(self, options: ResegmentationOptions) -> dict[PointKey, PairScore]:
+        """The scores of an earlier, killed run of the same inputs (``merge`` decided by
+        ``options``); empty when there is none."""
+        if not self.path.is_file():
+            return {}
+        with open(self.path, newline="") as f:
+            if f.readline().rstrip("\n") != self.HEADER + self.fingerprint:
+                log.info("%s: from other inputs, not used", self.path)
+                return {}
+            done = {}
+            for row in csv.DictReader(f):
+                try:
+                    score = score_from_row(row)
+                except (KeyError, TypeError, ValueError):
+                    continue  # a row cut off by a kill
+                merge = passes_merge_thresholds(
+                    score.iou, score.consistency_a, score.consistency_b, score.deleted, options
+                )
+                done[point_key(score)] = replace(score, merge=merge)
+        return done
+
+    def start(self, done: dict[PointKey, PairScore]) -> None:
+        """Rewrite the checkpoint with the scores in ``done`` (whole rows only)."""
+        with open(self.path, "w", newline="") as f:
+            f.write(self.HEADER + self.fingerprint + "\n")
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(asdict(s) for s in done.values())
+
+    def append(self, score: PairScore) -> None:
+        """Add one scored point, on disk before this returns."""
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerow(asdict(score))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def run_score_pairs(
     config: dict[str, Any],
     dataset_name: str,
@@ -144,19 +246,35 @@ def run_score_pairs(
 
     On the CPU with ``threads`` > 1 the points are scored in that many single-threaded
     processes (:func:`scoring_processes`); each pair's score does not depend on which.
+    A killed run's scored points are kept in a :class:`ScoreCheckpoint` and not scored again.
     """
     dataset = dataset_config(config, dataset_name)
     block = dataset_block(config, dataset, block_id)
     points = [p for p in read_points_csv(points_csv) if block.write_roi.contains(p.point)]
-    processes = min(scoring_processes(config, threads), max(len(points), 1))
+    checkpoint = ScoreCheckpoint(
+        scores_csv, scoring_fingerprint(config, dataset_name, cleaned_h5, mask_h5)
+    )
+    wanted = {point_key(p) for p in points}
+    done = {k: s for k, s in checkpoint.load(resegmentation_options(config)).items() if k in wanted}
+    if done:
+        log.info(
+            "block %s: resuming, %d of %d decision points scored before (%s)",
+            block_id,
+            len(done),
+            len(points),
+            checkpoint.path,
+        )
+    checkpoint.start(done)
+    todo = [p for p in points if point_key(p) not in done]
+    processes = min(scoring_processes(config, threads), max(len(todo), 1))
     t0 = time.perf_counter()
-    scores: list[PairScore] = []
 
     def report(score: PairScore) -> None:
-        scores.append(score)
+        done[point_key(score)] = score
+        checkpoint.append(score)
         log.info(
             "point %d/%d, pair (%d, %d): IoU %.2f, consistency %.2f/%.2f, deleted %.2f, %d FOVs -> %s",
-            len(scores),
+            len(done),
             len(points),
             score.a,
             score.b,
@@ -168,19 +286,17 @@ def run_score_pairs(
             "passes" if score.merge else "fails",
         )
 
-    if processes <= 1:
+    if todo and processes <= 1:
         scorer = PairScorer(config, dataset_name, cleaned_h5, threads, mask_h5)
-        for point in points:
+        for point in todo:
             report(scorer.score(point))
-    else:
-        log.info(
-            "scoring %d decision points in %d single-threaded processes", len(points), processes
-        )
+    elif todo:
+        log.info("scoring %d decision points in %d single-threaded processes", len(todo), processes)
         context = multiprocessing.get_context("spawn")  # no fork of torch's thread pools
         initargs = (config, dataset_name, str(cleaned_h5), 1, mask_h5)
         try:
             with ProcessPoolExecutor(processes, context, _start_worker, initargs) as pool:
-                for score in pool.map(_score_in_worker, points):
+                for score in pool.map(_score_in_worker, todo):
                     report(score)
         except BrokenProcessPool as exc:
             raise InputError(
@@ -188,7 +304,9 @@ def run_score_pairs(
                 "lacks an 'if __name__ == \"__main__\":' guard, which spawned processes "
                 f"need): {exc}"
             ) from exc
+    scores = [done[point_key(p)] for p in points]
     write_scores_csv(scores_csv, scores)
+    checkpoint.remove()
     log.info(
         "block %s: %d decision points scored, %d pass the merge thresholds, %d FOVs in %.1f s",
         block_id,
