@@ -303,12 +303,11 @@ def test_resegmentation_at_a_mirrored_volume_border_can_merge():
     assert mirrored.merge and mirrored.iou > 0.9
 
 
-def test_scoring_in_processes_equals_scoring_in_one(tmp_path, tiny_em):
-    """run_score_pairs with 2 threads on the CPU scores in 2 single-threaded processes; the
-    scores and their order are those of one process."""
+def scoring_setup(tmp_path, tiny_em) -> tuple[dict, list]:
+    """A small-radius resegmentation config of ``tiny_em`` and three of its decision points
+    (the GT labels as segments) with a whole FOV of image around them, in points.csv."""
     from ffnflow.config import validate_config
     from ffnflow.stages.agglomerate import run_find_decision_points
-    from ffnflow.stages.score_pairs import run_score_pairs
 
     config = validate_config(
         {
@@ -324,11 +323,20 @@ def test_scoring_in_processes_equals_scoring_in_one(tmp_path, tiny_em):
         }
     )
     all_points = tmp_path / "all_points.csv"
-    run_find_decision_points(config, "d", tiny_em, all_points)  # the GT labels as segments
+    run_find_decision_points(config, "d", tiny_em, all_points)
     inner = [p for p in read_points_csv(all_points) if all(14 <= c < 34 for c in p.point)]
-    points = inner[:3]  # with a whole FOV of image around them
+    points = inner[:3]
     assert len(points) == 3
     write_points_csv(tmp_path / "points.csv", points)
+    return config, points
+
+
+def test_scoring_in_processes_equals_scoring_in_one(tmp_path, tiny_em):
+    """run_score_pairs with 2 threads on the CPU scores in 2 single-threaded processes; the
+    scores and their order are those of one process."""
+    from ffnflow.stages.score_pairs import run_score_pairs
+
+    config, points = scoring_setup(tmp_path, tiny_em)
     one = run_score_pairs(
         config, "d", "z0_y0_x0", tiny_em, tmp_path / "points.csv", tmp_path / "one.csv", threads=1
     )
@@ -343,27 +351,9 @@ def test_scoring_in_processes_equals_scoring_in_one(tmp_path, tiny_em):
 def test_a_killed_scoring_job_resumes_from_its_checkpoint(tmp_path, tiny_em):
     """Points a killed run scored (kept in ``pair_scores.csv.partial``) are not scored again;
     a row cut off by the kill, or a checkpoint of other inputs, is scored afresh."""
-    from ffnflow.config import validate_config
-    from ffnflow.stages.agglomerate import run_find_decision_points
     from ffnflow.stages.score_pairs import ScoreCheckpoint, run_score_pairs, scoring_fingerprint
 
-    config = validate_config(
-        {
-            "datasets": {"d": {"raw": f"{tiny_em}:raw", "resolution_nm": [10, 10, 10]}},
-            "ffn": {"device": "cpu", "progress": False},
-            "agglomeration": {
-                "resegmentation": {
-                    "min_segment_voxels": 500,
-                    "radius_zyx": [4, 4, 4],
-                    "analysis_radius_zyx": [4, 4, 4],
-                }
-            },
-        }
-    )
-    all_points = tmp_path / "all_points.csv"
-    run_find_decision_points(config, "d", tiny_em, all_points)  # the GT labels as segments
-    inner = [p for p in read_points_csv(all_points) if all(14 <= c < 34 for c in p.point)]
-    write_points_csv(tmp_path / "points.csv", inner[:3])
+    config, _ = scoring_setup(tmp_path, tiny_em)
 
     def score(name: str) -> list:
         return run_score_pairs(
@@ -390,7 +380,7 @@ def test_a_killed_scoring_job_resumes_from_its_checkpoint(tmp_path, tiny_em):
     reseg = config["agglomeration"]["resegmentation"]
     other_merge = {**config, "agglomeration": {"resegmentation": {**reseg, "merge_iou": 0.9}}}
     assert scoring_fingerprint(other_ffn, "d", tiny_em, None) != fingerprint
-    assert scoring_fingerprint(config, "d", all_points, None) != fingerprint
+    assert scoring_fingerprint(config, "d", tmp_path / "points.csv", None) != fingerprint
     assert scoring_fingerprint(other_merge, "d", tiny_em, None) == fingerprint
     # A checkpoint of other inputs is not used.
     stale = ScoreCheckpoint(tmp_path / "stale.csv", "0123456789abcdef")
