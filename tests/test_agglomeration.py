@@ -370,7 +370,7 @@ def test_a_killed_scoring_job_resumes_from_its_checkpoint(tmp_path, tiny_em):
     checkpoint.append(marked)
     checkpoint.append(fresh[1])
     with open(checkpoint.path, "a") as f:
-        f.write(f"{fresh[2].a},{fresh[2].b},3")  # the row the kill cut off
+        f.write(",".join(str(v) for v in astuple(fresh[2])[:-1]))  # cut off by the kill
     resumed = score("resumed.csv")
     assert resumed == [marked, *fresh[1:]]
     assert read_scores_csv(tmp_path / "resumed.csv") == resumed

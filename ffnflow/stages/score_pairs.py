@@ -203,10 +203,12 @@ class ScoreCheckpoint:
                 return {}
             done = {}
             for row in csv.DictReader(f):
+                if None in row.values() or None in row:
+                    continue  # a row cut off by a kill (fields missing)
                 try:
                     score = score_from_row(row)
                 except (KeyError, TypeError, ValueError):
-                    continue  # a row cut off by a kill
+                    continue  # a row cut off within a field
                 merge = passes_merge_thresholds(
                     score.iou, score.consistency_a, score.consistency_b, score.deleted, options
                 )
