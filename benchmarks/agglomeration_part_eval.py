@@ -16,8 +16,6 @@ Usage: python benchmarks/agglomeration_part_eval.py RUN_RESULTS_DIR PAIRS.csv GT
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 
 import fastremap
@@ -26,7 +24,7 @@ import numpy as np
 
 from ffnflow.config import load_config, validate_config
 from ffnflow.metrics import majority_objects, segmentation_metrics
-from ffnflow.resegmentation import apply_merges, merge_table, score_from_row
+from ffnflow.resegmentation import apply_merges, merge_table, read_whole_score_rows
 from ffnflow.run_length import segmentation_run_length, skeletonize
 from ffnflow.stages.agglomerate import resegmentation_options
 from ffnflow.stitch import UnionFind
@@ -42,16 +40,9 @@ def read_labels(path: str) -> np.ndarray:
 def read_scores(path: str) -> list:
     """Scored points of a pair table or a scoring checkpoint (its first line a comment; a
     row cut off by a kill is skipped)."""
-    text = open(path).read()
-    if text.startswith("#"):
-        text = text.split("\n", 1)[1]
-    scores = []
-    for row in csv.DictReader(io.StringIO(text)):
-        try:
-            scores.append(score_from_row(row))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return scores
+    with open(path, newline="") as f:
+        lines = f.read().splitlines()
+    return read_whole_score_rows(lines[1:] if lines and lines[0].startswith("#") else lines)
 
 
 def main() -> None:

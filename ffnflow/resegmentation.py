@@ -469,6 +469,20 @@ def read_scores_csv(path: str | Path) -> list[PairScore]:
     return [score_from_row(row) for row in _read_rows(path)]
 
 
+def read_whole_score_rows(lines: Iterable[str]) -> list[PairScore]:
+    """Scored pairs from CSV lines (header first) of :func:`write_scores_csv`'s columns,
+    skipping rows cut off by a kill (a field missing or unreadable)."""
+    scores = []
+    for row in csv.DictReader(lines):
+        if None in row.values() or None in row:
+            continue
+        try:
+            scores.append(score_from_row(row))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return scores
+
+
 def score_from_row(row: dict[str, str]) -> PairScore:
     """One scored pair from a CSV row of :func:`write_scores_csv`'s columns."""
     kw: dict[str, Any] = {}

@@ -36,7 +36,7 @@ from ffnflow.resegmentation import (
     ResegmentationOptions,
     passes_merge_thresholds,
     read_points_csv,
-    score_from_row,
+    read_whole_score_rows,
     score_pair,
     write_scores_csv,
 )
@@ -201,19 +201,16 @@ class ScoreCheckpoint:
             if f.readline().rstrip("\n") != self.HEADER + self.fingerprint:
                 log.info("%s: from other inputs, not used", self.path)
                 return {}
-            done = {}
-            for row in csv.DictReader(f):
-                if None in row.values() or None in row:
-                    continue  # a row cut off by a kill (fields missing)
-                try:
-                    score = score_from_row(row)
-                except (KeyError, TypeError, ValueError):
-                    continue  # a row cut off within a field
-                merge = passes_merge_thresholds(
-                    score.iou, score.consistency_a, score.consistency_b, score.deleted, options
-                )
-                done[point_key(score)] = replace(score, merge=merge)
-        return done
+            scores = read_whole_score_rows(f)
+        return {
+            point_key(s): replace(
+                s,
+                merge=passes_merge_thresholds(
+                    s.iou, s.consistency_a, s.consistency_b, s.deleted, options
+                ),
+            )
+            for s in scores
+        }
 
     def start(self, done: dict[PointKey, PairScore]) -> None:
         """Rewrite the checkpoint with the scores in ``done`` (whole rows only)."""
