@@ -10,7 +10,12 @@ over F and S, plus the effect of growing the labels into unlabelled voxels. This
 resegmentation's ``min_contact_faces`` / ``min_segment_voxels`` defaults were chosen, on
 FIB-25 x 0-125 (never on x 125-250).
 
-Usage: python benchmarks/agglomeration_oracle.py SEG.h5 GT.h5 [--gap 2]
+With ``--pairs`` (a run's ``agglomeration_pairs.csv``, scored on SEG.h5) it also shows what
+the FFN itself can see: the oracle restricted to the one-neuron pairs whose two local FFN
+runs overlap at all (best IoU over the pair's decision points >= t), and the pipeline's own
+merges. Pairs that the local runs never join are beyond any threshold on the scores.
+
+Usage: python benchmarks/agglomeration_oracle.py SEG.h5 GT.h5 [--gap 2] [--pairs CSV]
 (both files hold ``labels``, z, y, x, the same shape). Last line: one JSON object.
 """
 
@@ -25,7 +30,7 @@ import numpy as np
 from skimage.segmentation import expand_labels
 
 from ffnflow.metrics import majority_objects, segmentation_metrics
-from ffnflow.resegmentation import ResegmentationOptions, decision_points
+from ffnflow.resegmentation import ResegmentationOptions, decision_points, read_scores_csv
 from ffnflow.stitch import UnionFind
 
 
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("segmentation_h5")
     parser.add_argument("ground_truth_h5")
     parser.add_argument("--gap", type=float, default=2.0, help="label growth, voxels")
+    parser.add_argument("--pairs", help="agglomeration_pairs.csv scored on SEG.h5")
     args = parser.parse_args()
     with h5py.File(args.segmentation_h5, "r") as f:
         seg = f["labels"][...].astype(np.uint64)
@@ -63,19 +69,26 @@ def main() -> None:
         for p in decision_points(seg, options)
     ]
     print(f"touching pairs: {len(pairs)}")
+
+    def merged(pairs) -> np.ndarray:
+        uf = UnionFind()
+        for a, b in pairs:
+            uf.union(a, b)
+        out = seg.copy()
+        table = {k: uf.find(k) for k in list(uf.parent)}
+        if table:
+            fastremap.remap(out, table, preserve_missing_labels=True, in_place=True)
+        return out
+
+    def one_neuron(a: int, b: int) -> bool:
+        return bool(majority[a]) and majority[a] == majority[b]
+
     rows = []
     for min_faces in (1, 25, 50):
         for min_voxels in (1000, 2000, 5000):
             examined = [(a, b) for a, b, f, s in pairs if f >= min_faces and s >= min_voxels]
-            same = [(a, b) for a, b in examined if majority[a] and majority[a] == majority[b]]
-            uf = UnionFind()
-            for a, b in same:
-                uf.union(a, b)
-            merged = seg.copy()
-            table = {k: uf.find(k) for k in list(uf.parent)}
-            if table:
-                fastremap.remap(merged, table, preserve_missing_labels=True, in_place=True)
-            m = score(merged)
+            same = [(a, b) for a, b in examined if one_neuron(a, b)]
+            m = score(merged(same))
             row = {
                 "min_contact_faces": min_faces,
                 "min_segment_voxels": min_voxels,
@@ -86,7 +99,30 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(json.dumps({"segmentation": base, "oracle": rows}))
+    seen = []
+    if args.pairs:
+        scores = read_scores_csv(args.pairs)
+        best_iou: dict[tuple[int, int], float] = {}
+        for s in scores:
+            best_iou[(s.a, s.b)] = max(best_iou.get((s.a, s.b), 0.0), s.iou)
+        print(f"{args.pairs}: {len(scores)} decision points, {len(best_iou)} pairs")
+        variants = [
+            (f"one-neuron pairs with local-run IoU >= {t}", t) for t in (0.0, 0.01, 0.1, 0.25)
+        ]
+        for name, t in variants:
+            pairs = [k for k, v in best_iou.items() if v >= t and one_neuron(*k)]
+            seen.append({"pairs": name, "n": len(pairs), **score(merged(pairs))})
+        chosen = sorted({(s.a, s.b) for s in scores if s.merge})
+        right = sum(one_neuron(a, b) for a, b in chosen)
+        seen.append(
+            {"pairs": f"the pipeline's merges ({right} one-neuron)", "n": len(chosen),
+             **score(merged(chosen))}
+        )  # fmt: skip
+        for row in seen:
+            row["vi_split_gain"] = round(base["vi_split"] - row["vi_split"], 4)
+            row["vi_merge_change"] = round(row["vi_merge"] - base["vi_merge"], 4)
+            print(json.dumps(row), flush=True)
+    print(json.dumps({"segmentation": base, "oracle": rows, "scored_pairs": seen}))
 
 
 if __name__ == "__main__":
