@@ -267,12 +267,15 @@ def run_score_pairs(
     todo = [p for p in points if point_key(p) not in done]
     processes = min(scoring_processes(config, threads), max(len(todo), 1))
     t0 = time.perf_counter()
+    resumed = len(done)
 
     def report(score: PairScore) -> None:
         done[point_key(score)] = score
         checkpoint.append(score)
+        per_min = (len(done) - resumed) / max(time.perf_counter() - t0, 1e-9) * 60.0
         log.info(
-            "point %d/%d, pair (%d, %d): IoU %.2f, consistency %.2f/%.2f, deleted %.2f, %d FOVs -> %s",
+            "point %d/%d, pair (%d, %d): IoU %.2f, consistency %.2f/%.2f, deleted %.2f, %d FOVs "
+            "-> %s (%.1f points/min, about %.0f min left)",
             len(done),
             len(points),
             score.a,
@@ -283,6 +286,8 @@ def run_score_pairs(
             score.deleted,
             score.fov_evaluations,
             "passes" if score.merge else "fails",
+            per_min,
+            (len(points) - len(done)) / max(per_min, 1e-9),
         )
 
     if todo and processes <= 1:
