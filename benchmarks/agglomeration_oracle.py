@@ -106,12 +106,10 @@ def main() -> None:
         for s in scores:
             best_iou[(s.a, s.b)] = max(best_iou.get((s.a, s.b), 0.0), s.iou)
         print(f"{args.pairs}: {len(scores)} decision points, {len(best_iou)} pairs")
-        variants = [
-            (f"one-neuron pairs with local-run IoU >= {t}", t) for t in (0.0, 0.01, 0.1, 0.25)
-        ]
-        for name, t in variants:
-            pairs = [k for k, v in best_iou.items() if v >= t and one_neuron(*k)]
-            seen.append({"pairs": name, "n": len(pairs), **score(merged(pairs))})
+        for t in (0.0, 0.01, 0.1, 0.25):
+            joinable = [k for k, v in best_iou.items() if v >= t and one_neuron(*k)]
+            name = f"one-neuron pairs with local-run IoU >= {t}"
+            seen.append({"pairs": name, "n": len(joinable), **score(merged(joinable))})
         chosen = sorted({(s.a, s.b) for s in scores if s.merge})
         right = sum(one_neuron(a, b) for a, b in chosen)
         seen.append(
