@@ -30,7 +30,12 @@ import numpy as np
 from skimage.segmentation import expand_labels
 
 from ffnflow.metrics import majority_objects, segmentation_metrics
-from ffnflow.resegmentation import ResegmentationOptions, decision_points, read_scores_csv
+from ffnflow.resegmentation import (
+    ResegmentationOptions,
+    apply_merges,
+    decision_points,
+    read_scores_csv,
+)
 from ffnflow.stitch import UnionFind
 
 
@@ -74,11 +79,7 @@ def main() -> None:
         uf = UnionFind()
         for a, b in pairs:
             uf.union(a, b)
-        out = seg.copy()
-        table = {k: uf.find(k) for k in list(uf.parent)}
-        if table:
-            fastremap.remap(out, table, preserve_missing_labels=True, in_place=True)
-        return out
+        return apply_merges(seg, {k: uf.find(k) for k in list(uf.parent)})
 
     def one_neuron(a: int, b: int) -> bool:
         return bool(majority[a]) and majority[a] == majority[b]
