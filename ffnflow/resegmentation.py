@@ -67,7 +67,7 @@ class ResegmentationOptions:
     min_consistency: float = 0.4
     max_deleted: float = 0.1
     large_segment_voxels: int = 20000
-    min_bridge_fraction: float = 0.0
+    min_bridge_fraction: float = 0.1
     max_points_per_pair: int = 4
 
     def __post_init__(self) -> None:

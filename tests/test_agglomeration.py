@@ -220,17 +220,20 @@ def test_two_large_segments_are_not_merged_through_a_small_one():
     table, decided = merge_table([*scores, _scored(1, 2, 0.3)], options, voxels)
     assert [s.merge for s in decided] == [True, False, True, False, True]
     assert table[1] == table[2] == table[3]
-    # Without the limit the fragment joins both.
-    unlimited = ResegmentationOptions(large_segment_voxels=0)
+    # Without either limit the fragment joins both.
+    unlimited = ResegmentationOptions(large_segment_voxels=0, min_bridge_fraction=0.0)
     table, decided = merge_table(scores, unlimited, voxels)
     assert table[1] == table[2] == table[3] and sum(s.merge for s in decided) == 3
+    # min_bridge_fraction alone (the default 0.1) stops it too: 800 < 0.1 * 40000.
+    table, decided = merge_table(scores, replace(unlimited, min_bridge_fraction=0.1), voxels)
+    assert table.get(2, 2) != table[1]
 
 
 def test_a_fragment_bridges_two_groups_only_when_it_is_not_much_smaller():
     """min_bridge_fraction: fragment 3 joins group 1 alone, then may not also bring in
     the 19.5k-voxel group {2, 4} (just under large_segment_voxels, as on the demo volume);
     a chain of similar pieces (5-6-7) still joins."""
-    options = ResegmentationOptions(large_segment_voxels=20000)
+    options = ResegmentationOptions(large_segment_voxels=20000, min_bridge_fraction=0.0)
     voxels = {1: 100000, 2: 13000, 3: 1000, 4: 6500, 5: 3000, 6: 1700, 7: 3500}
     scores = [
         _scored(1, 3, 0.9), _scored(2, 4, 0.6), _scored(2, 3, 0.5),
@@ -242,7 +245,9 @@ def test_a_fragment_bridges_two_groups_only_when_it_is_not_much_smaller():
     assert [s.merge for s in decided] == [True, True, False, True, True]
     assert table[1] == table[3] and table[2] == table[4] and table[1] != table[2]
     assert table[5] == table[6] == table[7]
-    assert ResegmentationOptions().min_bridge_fraction == 0.0  # off by default
+    # The default (0.1) refuses the bridge too: 1000 < 0.1 * 19500.
+    table, decided = merge_table(scores, ResegmentationOptions(), voxels)
+    assert [s.merge for s in decided] == [True, True, False, True, True]
 
 
 def test_a_pair_touching_in_two_places_gets_a_point_on_each_contact():
