@@ -57,6 +57,49 @@ def test_bad_raw_volume(tmp_path, raw_data, spec_suffix, message):
     assert_no_outputs(out)
 
 
+@pytest.mark.parametrize(
+    "raw_data",
+    [
+        np.random.default_rng(0).random((24, 24, 24), np.float32),  # float EM in 0..1
+        np.random.default_rng(0).integers(20000, 40000, (24, 24, 24)).astype(np.uint16),
+    ],
+    ids=["float01", "uint16"],
+)
+def test_raw_that_the_normalisation_does_not_fit_is_named(tmp_path, raw_data):
+    """The uint8 defaults (image_mean 128, image_stddev 33) on other intensities: an error
+    that names the dataset and the keys to set, and suggests their values."""
+    path = h5(tmp_path, "v.h5", raw=raw_data)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"datasets\.d: raw .*v\.h5:raw.*image_mean") as info:
+        run_place_seeds(make_config(tmp_path, f"{path}:raw"), "d", "z0_y0_x0", out / "seeds.csv")
+    sample = raw_data[::2, ::2, ::2].astype(np.float64)  # what the check looks at
+    assert f"(about {sample.mean():.4g} / {sample.std():.4g})" in str(info.value)
+    assert_no_outputs(out)
+    # The same volume with its own normalisation runs.
+    cfg = make_config(
+        tmp_path,
+        f"{path}:raw",
+        image_mean=float(raw_data.mean()),
+        image_stddev=float(raw_data.std()),
+    )
+    run_place_seeds(cfg, "d", "z0_y0_x0", out / "seeds.csv")
+
+
+def test_normalisation_check_leaves_padding_and_uint8_em_alone():
+    from ffnflow.config import DatasetConfig
+    from ffnflow.stages.common import check_normalisation
+
+    d = DatasetConfig("d", "v.h5:raw", (10.0, 10.0, 10.0), 128.0, 33.0)
+    rng = np.random.default_rng(0)
+    check_normalisation(rng.normal(128, 33, (32, 32, 32)).clip(0, 255).astype(np.uint8), d)
+    check_normalisation(np.zeros((32, 32, 32), np.uint8), d)  # out-of-volume zeros
+    check_normalisation(np.full((32, 32, 32), 255, np.uint8), d)  # constant padding
+    dark = np.zeros((32, 32, 32), np.uint8)
+    dark[:4] = rng.integers(1, 60, (4, 32, 32))  # a few dark EM sections beside padding
+    check_normalisation(dark, d)
+
+
 def test_raw_labels_shape_mismatch(tmp_path):
     path = h5(
         tmp_path, "v.h5", raw=np.zeros((8, 8, 8), np.uint8), labels=np.zeros((8, 8, 9), np.uint32)

@@ -49,8 +49,44 @@ def read_raw(dataset: DatasetConfig, roi: Roi | None = None) -> np.ndarray:
     return raw
 
 
+# The FFN and the mask net expect a normalised image of about mean 0 and standard deviation 1.
+# Far outside these limits the normalisation does not fit the volume (e.g. float EM in 0..1
+# or uint16 EM with the uint8 defaults), and every stage would run to a meaningless result.
+NORMALISED_MAX_ABS_MEAN = 8.0
+NORMALISED_MIN_STDDEV = 0.05
+
+
+def check_normalisation(raw: np.ndarray, dataset: DatasetConfig, where: str = "") -> None:
+    """Fail when ``(raw - image_mean) / image_stddev`` is far from mean 0 / std 1 over the
+    nonzero voxels of ``raw`` (a block, z, y, x; sampled every 2nd voxel per axis).
+
+    Zero voxels (out-of-volume padding) are left out; blocks with under 1000 nonzero
+    voxels or a constant intensity (padding) are not judged.
+    """
+    sample = np.asarray(raw[::2, ::2, ::2] if raw.ndim == 3 else raw)
+    values = sample[sample != 0].astype(np.float64)
+    if values.size < 1000:
+        return
+    raw_mean, raw_std = float(values.mean()), float(values.std())
+    if raw_std == 0:
+        return
+    mean = (raw_mean - dataset.image_mean) / dataset.image_stddev
+    std = raw_std / dataset.image_stddev
+    if abs(mean) > NORMALISED_MAX_ABS_MEAN or std < NORMALISED_MIN_STDDEV:
+        raise InputError(
+            f"datasets.{dataset.name}: raw {dataset.raw}{where} ({raw.dtype}) has intensity "
+            f"mean {raw_mean:.4g} and standard deviation {raw_std:.4g}, so with image_mean "
+            f"{dataset.image_mean:g} and image_stddev {dataset.image_stddev:g} the networks "
+            f"would see mean {mean:.3g} and standard deviation {std:.3g} instead of about 0 "
+            f"and 1. Set datasets.{dataset.name}.image_mean / image_stddev to the volume's "
+            f"(about {raw_mean:.4g} / {raw_std:.4g}) or convert it to uint8 like the model's "
+            f"training data"
+        )
+
+
 def normalize_image(raw: np.ndarray, dataset: DatasetConfig) -> np.ndarray:
-    """``(raw - image_mean) / image_stddev`` as float32."""
+    """``(raw - image_mean) / image_stddev`` as float32, after :func:`check_normalisation`."""
+    check_normalisation(raw, dataset)
     return (raw.astype(np.float32) - dataset.image_mean) / dataset.image_stddev
 
 

@@ -23,6 +23,7 @@ from ffnflow.masknet.prediction import predict_roi, quantize, whole_sections
 from ffnflow.masknet.training import TrainingOptions, TrainingVolume, train_masknet
 from ffnflow.stages.common import (
     block_grid,
+    check_normalisation,
     check_resolution,
     dataset_block,
     open_raw,
@@ -57,6 +58,7 @@ def run_predict_mask(
     dataset = dataset_config(config, dataset_name)
     block = dataset_block(config, dataset, block_id)
     raw = open_raw(dataset)
+    check_normalisation(raw.read(block.write_roi), dataset, f", block {block_id}")
     loaded = load_checked_masknet(config, dataset)
     norm = {"image_mean": dataset.image_mean, "image_stddev": dataset.image_stddev}
     if any(abs(norm[k] - loaded.normalization.get(k, norm[k])) > 1e-6 for k in norm):
