@@ -86,6 +86,19 @@ def test_raw_that_the_normalisation_does_not_fit_is_named(tmp_path, raw_data):
     run_place_seeds(cfg, "d", "z0_y0_x0", out / "seeds.csv")
 
 
+def test_mask_prediction_checks_the_normalisation_before_predicting(tmp_path):
+    from ffnflow.stages.mask import run_predict_mask
+
+    raw = np.random.default_rng(0).random((24, 24, 24), np.float32)
+    path = h5(tmp_path, "v.h5", raw=raw)
+    cfg = make_config(tmp_path, f"{path}:raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InputError, match=r"datasets\.d: raw .*centre of block z0_y0_x0"):
+        run_predict_mask(cfg, "d", "z0_y0_x0", out / "mask.h5")
+    assert_no_outputs(out)
+
+
 def test_normalisation_check_leaves_padding_and_uint8_em_alone():
     from ffnflow.config import DatasetConfig
     from ffnflow.stages.common import check_normalisation

@@ -63,7 +63,7 @@ def check_normalisation(raw: np.ndarray, dataset: DatasetConfig, where: str = ""
     Zero voxels (out-of-volume padding) are left out; blocks with under 1000 nonzero
     voxels or a constant intensity (padding) are not judged.
     """
-    sample = np.asarray(raw[::2, ::2, ::2] if raw.ndim == 3 else raw)
+    sample = np.asarray(raw)[::2, ::2, ::2]
     values = sample[sample != 0].astype(np.float64)
     if values.size < 1000:
         return
@@ -82,6 +82,13 @@ def check_normalisation(raw: np.ndarray, dataset: DatasetConfig, where: str = ""
             f"(about {raw_mean:.4g} / {raw_std:.4g}) or convert it to uint8 like the model's "
             f"training data"
         )
+
+
+def central_roi(roi: Roi, size: int = 64) -> Roi:
+    """The part of ``roi`` within ``size`` voxels around its centre (z, y, x): a sample of a
+    block read without reading the block."""
+    shape = tuple(min(s, size) for s in roi.shape)
+    return Roi(tuple(o + (s - c) // 2 for o, s, c in zip(roi.offset, roi.shape, shape)), shape)
 
 
 def normalize_image(raw: np.ndarray, dataset: DatasetConfig) -> np.ndarray:

@@ -23,6 +23,7 @@ from ffnflow.masknet.prediction import predict_roi, quantize, whole_sections
 from ffnflow.masknet.training import TrainingOptions, TrainingVolume, train_masknet
 from ffnflow.stages.common import (
     block_grid,
+    central_roi,
     check_normalisation,
     check_resolution,
     dataset_block,
@@ -58,7 +59,11 @@ def run_predict_mask(
     dataset = dataset_config(config, dataset_name)
     block = dataset_block(config, dataset, block_id)
     raw = open_raw(dataset)
-    check_normalisation(raw.read(block.write_roi), dataset, f", block {block_id}")
+    # The prediction reads the block tile by tile; its centre is enough to catch a
+    # normalisation that does not fit the volume before any tile is predicted.
+    check_normalisation(
+        raw.read(central_roi(block.write_roi)), dataset, f", centre of block {block_id}"
+    )
     loaded = load_checked_masknet(config, dataset)
     norm = {"image_mean": dataset.image_mean, "image_stddev": dataset.image_stddev}
     if any(abs(norm[k] - loaded.normalization.get(k, norm[k])) > 1e-6 for k in norm):
