@@ -4,7 +4,8 @@ import os
 
 from ffnflow.codehash import code_fingerprint
 from ffnflow.config import MERGE_DECISION_KEYS, dataset_config, validate_config
-from ffnflow.stages.common import block_grid, open_raw
+from ffnflow.stages.common import block_grid, central_roi, check_normalisation, open_raw
+from ffnflow.volumes import Roi
 
 config.update(validate_config(config))
 
@@ -22,8 +23,12 @@ config["ffn"]["checkpoint"] = workflow_path(config["ffn"]["checkpoint"])
 
 
 def dataset_grid(dataset):
-    """Block grid of a dataset, from its raw volume's shape (read when the workflow is parsed)."""
-    return block_grid(config, open_raw(dataset_config(config, dataset)).shape)
+    """Block grid of a dataset, from its raw volume's shape (read when the workflow is
+    parsed); the volume's centre is checked against the normalisation before any job."""
+    entry = dataset_config(config, dataset)
+    raw = open_raw(entry)
+    check_normalisation(raw.read(central_roi(Roi.from_shape(raw.shape))), entry, " (centre)")
+    return block_grid(config, raw.shape)
 
 
 BLOCK_IDS = {name: dataset_grid(name).ids for name in DATASETS}

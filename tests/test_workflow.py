@@ -231,6 +231,22 @@ def test_missing_raw_file_names_the_file_and_leaves_no_output(tmp_path):
     assert not (work / "results").exists()
 
 
+def test_raw_that_the_normalisation_does_not_fit_fails_before_any_job(tmp_path):
+    """Float EM in 0..1 with the uint8 defaults: the error names the dataset and the keys
+    when the workflow is parsed, before any job is queued."""
+    path = tmp_path / "float.h5"
+    with h5py.File(path, "w") as f:
+        f["raw"] = np.random.default_rng(0).random((32, 32, 32), np.float32)
+    config = write_user_config(
+        tmp_path / "my.yaml", {"raw": f"{path}:raw", "resolution_nm": [10, 10, 10]}
+    )
+    work = tmp_path / "work"
+    proc = snakemake(work, config, "results/mydata/seeds.csv")
+    assert proc.returncode != 0
+    assert "datasets.mydata: raw" in proc.stderr and "image_mean" in proc.stderr
+    assert not (work / "results").exists()
+
+
 @pytest.mark.slow
 def test_killed_run_keeps_finished_blocks_and_finishes_identically(tmp_path, tiny_em):
     """SIGKILL the workflow after the first block, rerun: same result as an uninterrupted run.
