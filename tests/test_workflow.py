@@ -219,31 +219,32 @@ def test_unknown_config_key_fails_before_any_job(tmp_path, tiny_em):
     assert not (tmp_path / "work" / "results").exists()
 
 
-def test_missing_raw_file_names_the_file_and_leaves_no_output(tmp_path):
-    config = write_user_config(
-        tmp_path / "my.yaml", {"raw": f"{tmp_path}/absent.h5:raw", "resolution_nm": [10, 10, 10]}
-    )
-    work = tmp_path / "work"
-    proc = snakemake(work, config, "results/mydata/seeds.csv")
-    assert proc.returncode != 0
-    # The block grid is read from the raw volume when the workflow is parsed.
-    assert "absent.h5" in proc.stderr and "does not exist" in proc.stderr
-    assert not (work / "results").exists()
-
-
-def test_raw_that_the_normalisation_does_not_fit_fails_before_any_job(tmp_path):
-    """Float EM in 0..1 with the uint8 defaults: the error names the dataset and the keys
-    when the workflow is parsed, before any job is queued."""
-    path = tmp_path / "float.h5"
-    with h5py.File(path, "w") as f:
-        f["raw"] = np.random.default_rng(0).random((32, 32, 32), np.float32)
+@pytest.mark.parametrize(
+    "raw_data, expected",
+    [
+        (None, ["absent.h5", "does not exist"]),  # no file
+        # float EM in 0..1 with the uint8 defaults: the dataset and the keys to set
+        (
+            np.random.default_rng(0).random((32, 32, 32), np.float32),
+            ["datasets.mydata: raw", "image_mean"],
+        ),
+    ],
+    ids=["missing", "normalisation"],
+)
+def test_bad_raw_volume_fails_before_any_job(tmp_path, raw_data, expected):
+    """The block grid is read from the raw volume when the workflow is parsed, and its
+    centre is checked against the normalisation: errors name the input, no job runs."""
+    path = tmp_path / ("absent.h5" if raw_data is None else "float.h5")
+    if raw_data is not None:
+        with h5py.File(path, "w") as f:
+            f["raw"] = raw_data
     config = write_user_config(
         tmp_path / "my.yaml", {"raw": f"{path}:raw", "resolution_nm": [10, 10, 10]}
     )
     work = tmp_path / "work"
     proc = snakemake(work, config, "results/mydata/seeds.csv")
     assert proc.returncode != 0
-    assert "datasets.mydata: raw" in proc.stderr and "image_mean" in proc.stderr
+    assert all(text in proc.stderr for text in expected), proc.stderr[-2000:]
     assert not (work / "results").exists()
 
 
