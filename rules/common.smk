@@ -4,7 +4,7 @@ import os
 
 from ffnflow.codehash import code_fingerprint
 from ffnflow.config import MERGE_DECISION_KEYS, dataset_config, validate_config
-from ffnflow.stages.common import block_grid, central_roi, check_normalisation, open_raw
+from ffnflow.stages.common import block_grid, check_roi_normalisation, open_raw
 from ffnflow.volumes import Roi
 
 config.update(validate_config(config))
@@ -27,7 +27,7 @@ def dataset_grid(dataset):
     parsed); the volume's centre is checked against the normalisation before any job."""
     entry = dataset_config(config, dataset)
     raw = open_raw(entry)
-    check_normalisation(raw.read(central_roi(Roi.from_shape(raw.shape))), entry, " (centre)")
+    check_roi_normalisation(entry, Roi.from_shape(raw.shape), "the volume")
     return block_grid(config, raw.shape)
 
 

@@ -23,9 +23,8 @@ from ffnflow.masknet.prediction import predict_roi, quantize, whole_sections
 from ffnflow.masknet.training import TrainingOptions, TrainingVolume, train_masknet
 from ffnflow.stages.common import (
     block_grid,
-    central_roi,
-    check_normalisation,
     check_resolution,
+    check_roi_normalisation,
     dataset_block,
     open_raw,
     probability_level,
@@ -59,11 +58,7 @@ def run_predict_mask(
     dataset = dataset_config(config, dataset_name)
     block = dataset_block(config, dataset, block_id)
     raw = open_raw(dataset)
-    # The prediction reads the block tile by tile; its centre is enough to catch a
-    # normalisation that does not fit the volume before any tile is predicted.
-    check_normalisation(
-        raw.read(central_roi(block.write_roi)), dataset, f", centre of block {block_id}"
-    )
+    check_roi_normalisation(dataset, block.write_roi, f"block {block_id}")
     loaded = load_checked_masknet(config, dataset)
     norm = {"image_mean": dataset.image_mean, "image_stddev": dataset.image_stddev}
     if any(abs(norm[k] - loaded.normalization.get(k, norm[k])) > 1e-6 for k in norm):

@@ -41,7 +41,7 @@ from ffnflow.resegmentation import (
     write_scores_csv,
 )
 from ffnflow.stages.agglomerate import resegmentation_options
-from ffnflow.stages.common import dataset_block, ffn_inputs
+from ffnflow.stages.common import check_roi_normalisation, dataset_block, ffn_inputs
 from ffnflow.stages.segment import (
     border_padding,
     load_ffn,
@@ -249,6 +249,7 @@ def run_score_pairs(
     """
     dataset = dataset_config(config, dataset_name)
     block = dataset_block(config, dataset, block_id)
+    check_roi_normalisation(dataset, block.read_roi, f"block {block_id}")
     points = [p for p in read_points_csv(points_csv) if block.write_roi.contains(p.point)]
     checkpoint = ScoreCheckpoint(
         scores_csv, scoring_fingerprint(config, dataset_name, cleaned_h5, mask_h5)

@@ -13,6 +13,7 @@ from ffnflow.config import dataset_config
 from ffnflow.seeds import place_seeds, read_seeds_csv, write_seeds_csv
 from ffnflow.stages.common import (
     check_masknet_config,
+    check_roi_normalisation,
     dataset_block,
     normalize_image,
     open_mask_output,
@@ -47,6 +48,7 @@ def run_place_seeds(
         shape = open_raw(dataset).shape
         boundary = open_mask_output(mask_h5, "boundary", shape).read(block.read_roi) / 255.0
     else:
+        check_roi_normalisation(dataset, block.read_roi, f"block {block_id}")
         image = normalize_image(read_raw(dataset, block.read_roi), dataset)
     mn = config["masknet"]
     local = place_seeds(

@@ -23,7 +23,13 @@ from ffnflow.ffn.model import ConvStack3D, LoadedModel, load_checkpoint
 from ffnflow.ffn.predictor import FovPredictor, resolve_device
 from ffnflow.ffn.workers import segment_canvases_in_workers
 from ffnflow.seeds import read_seeds_csv
-from ffnflow.stages.common import check_resolution, dataset_block, ffn_inputs, open_raw
+from ffnflow.stages.common import (
+    check_resolution,
+    check_roi_normalisation,
+    dataset_block,
+    ffn_inputs,
+    open_raw,
+)
 from ffnflow.volumes import Roi, write_volume
 
 log = logging.getLogger("ffnflow")
@@ -153,6 +159,7 @@ def prepare_block_fill(
         )
     if reverse_seeds:
         seeds = seeds[::-1]
+    check_roi_normalisation(dataset, block.read_roi, f"block {block_id}")
     image, movement_mask = ffn_inputs(config, dataset, block.read_roi, mask_h5)
     pad = border_padding(
         block.read_roi, open_raw(dataset).shape, loaded.model.arch.fov_size_zyx, config["ffn"]
