@@ -85,7 +85,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """One entry of ``datasets``: volume specs, voxel size (nm, z, y, x), normalisation."""
+    """One entry of ``datasets``: volume specs, voxel size (nm, z, y, x), normalisation and
+    the optional part of the volumes to process (``roi_*``, voxels, z, y, x)."""
 
     name: str
     raw: str
@@ -94,8 +95,11 @@ class DatasetConfig:
     image_stddev: float
     labels: str | None = None
     mask: str | None = None
+    mask_labels: str | None = None
     synapses: str | None = None
     synapse_units: str = "nm"
+    roi_offset_zyx: tuple[int, int, int] | None = None
+    roi_shape_zyx: tuple[int, int, int] | None = None
 
 
 def dataset_config(config: dict[str, Any], name: str) -> DatasetConfig:
@@ -104,6 +108,7 @@ def dataset_config(config: dict[str, Any], name: str) -> DatasetConfig:
     if name not in datasets:
         raise InputError(f"config key datasets.{name}: no such dataset (have {sorted(datasets)})")
     d = datasets[name]
+    roi = d.get("roi")
     return DatasetConfig(
         name=name,
         raw=d["raw"],
@@ -112,6 +117,9 @@ def dataset_config(config: dict[str, Any], name: str) -> DatasetConfig:
         image_stddev=float(d.get("image_stddev", 33)),
         labels=d.get("labels"),
         mask=d.get("mask"),
+        mask_labels=d.get("mask_labels"),
         synapses=d.get("synapses"),
         synapse_units=d.get("synapse_units", "nm"),
+        roi_offset_zyx=tuple(int(v) for v in roi["offset_zyx"]) if roi else None,
+        roi_shape_zyx=tuple(int(v) for v in roi["shape_zyx"]) if roi else None,
     )

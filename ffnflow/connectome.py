@@ -126,10 +126,14 @@ def contact_areas_um2(
 
 
 def segment_properties(
-    segmentation: np.ndarray, resolution_nm: tuple[float, float, float]
+    segmentation: np.ndarray,
+    resolution_nm: tuple[float, float, float],
+    offset_zyx: tuple[int, int, int] = (0, 0, 0),
 ) -> dict[int, dict]:
-    """Voxel count, volume (µm³), bounding box (voxels) and centroid (nm) of every segment."""
+    """Voxel count, volume (µm³), bounding box (voxels) and centroid (nm) of every segment;
+    positions shifted by ``offset_zyx`` (voxels: where the array lies in a larger volume)."""
     res = np.asarray(resolution_nm, dtype=np.float64)
+    offset = [int(v) for v in offset_zyx]
     stats = cc3d.statistics(np.ascontiguousarray(segmentation))
     out = {}
     for label, count in enumerate(stats["voxel_counts"]):
@@ -139,8 +143,11 @@ def segment_properties(
         out[label] = {
             "voxels": int(count),
             "volume_um3": float(count * np.prod(res) * 1e-9),
-            "bbox_zyx": [int(s.start) for s in bbox] + [int(s.stop) for s in bbox],
-            "centroid_nm": [float(c) for c in np.asarray(stats["centroids"][label]) * res],
+            "bbox_zyx": [int(s.start) + o for s, o in zip(bbox, offset)]
+            + [int(s.stop) + o for s, o in zip(bbox, offset)],
+            "centroid_nm": [
+                float(c) for c in (np.asarray(stats["centroids"][label]) + offset) * res
+            ],
         }
     return out
 
@@ -151,15 +158,21 @@ def build_graph(
     synapses: Synapses | None = None,
     cable_lengths_nm: Mapping[int, float] | None = None,
     contact_labels: np.ndarray | None = None,
+    offset_zyx: tuple[int, int, int] = (0, 0, 0),
 ) -> tuple[nx.MultiDiGraph, SynapseAssignment]:
     """The connectome graph of a label volume (z, y, x) and the synapse assignment.
 
     Contacts are measured on ``contact_labels`` when given (e.g. the segmentation grown
     into the unlabelled membranes between segments), else on the segmentation itself.
+    ``offset_zyx`` (voxels): where the volume lies in the frame of the synapse points and
+    of the reported bounding boxes and centroids (a dataset's ``roi`` offset).
     """
-    graph = nx.MultiDiGraph(resolution_nm=list(map(float, resolution_nm)))
+    offset = np.asarray([int(v) for v in offset_zyx], dtype=np.int64)
+    graph = nx.MultiDiGraph(
+        resolution_nm=list(map(float, resolution_nm)), offset_zyx=[int(v) for v in offset]
+    )
     cable = cable_lengths_nm or {}
-    for label, props in segment_properties(segmentation, resolution_nm).items():
+    for label, props in segment_properties(segmentation, resolution_nm, offset_zyx).items():
         graph.add_node(label, **props, cable_length_nm=float(cable.get(label, 0.0)))
     for (a, b), area in sorted(
         contact_areas_um2(
@@ -169,6 +182,10 @@ def build_graph(
         graph.add_edge(a, b, key="contact", kind="contact", area_um2=area)
     assignment = SynapseAssignment()
     if synapses is not None:
+        if offset.any():
+            synapses = Synapses(
+                np.asarray(synapses.pre) - offset, np.asarray(synapses.post) - offset
+            )
         assignment = assign_synapses(segmentation, synapses)
         for (a, b), n in sorted(assignment.counts.items()):
             graph.add_edge(a, b, key="synapse", kind="synapse", weight=int(n))

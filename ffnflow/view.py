@@ -24,7 +24,7 @@ from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
 from ffnflow.stages.common import open_raw
 from ffnflow.stages.publish import write_precomputed_by_blocks
-from ffnflow.volumes import open_volume
+from ffnflow.volumes import Volume, open_volume
 
 log = logging.getLogger("ffnflow")
 
@@ -51,13 +51,19 @@ def make_server(
 
 
 def export_layer(
-    spec: str, out_dir: str | Path, resolution_nm, layer_type: str, config: dict[str, Any]
+    source: str | Volume,
+    out_dir: str | Path,
+    resolution_nm,
+    layer_type: str,
+    config: dict[str, Any],
 ) -> Path:
-    """Write a volume spec as a precomputed layer ``out_dir`` (once; block by block)."""
+    """Write a volume (a spec or an opened, possibly cropped, volume) as a precomputed layer
+    ``out_dir`` (once; block by block)."""
     out_dir = Path(out_dir)
     if (out_dir / "info").is_file():
         return out_dir
-    source = open_volume(spec)
+    if not isinstance(source, Volume):
+        source = open_volume(source)
     dtype = source.dtype if layer_type == "image" else np.uint64
     with atomic_output(out_dir) as tmp:
         write_precomputed_by_blocks(config, source, tmp, resolution_nm, layer_type, dtype)
@@ -91,9 +97,10 @@ def prepare_layers(config: dict[str, Any], dataset_name: str, results_dir: str |
         raise InputError(
             f"{segmentation}: no published segmentation; run the workflow for {dataset_name} first"
         )
-    res = open_raw(dataset).resolution_nm or dataset.resolution_nm
+    raw = open_raw(dataset)  # through the dataset's roi: the frame of every result
+    res = raw.resolution_nm or dataset.resolution_nm
     layers = []
-    export_layer(dataset.raw, results_dir / "view" / "raw.precomputed", res, "image", config)
+    export_layer(raw, results_dir / "view" / "raw.precomputed", res, "image", config)
     layers.append(("em", "view/raw.precomputed", "image"))
     mask_h5 = results_dir / "mask.h5"
     if mask_h5.is_file():

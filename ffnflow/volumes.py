@@ -10,6 +10,12 @@ Volume specs (strings):
   (``group/ds``); relative paths are resolved against the current directory.
 * ``precomputed://file:///abs/path`` (local precomputed via cloud-volume,
   which stores x, y, z[, c]; converted to/from z, y, x here).
+* ``precomputed://gs://bucket/path`` (also ``s3://``, ``https://``, ``http://``; and
+  ``mem://`` for tests): a remote precomputed volume, read-only, read with cloud-volume
+  (credentials as cloud-volume finds them, e.g. ``~/.cloudvolume/secrets``). Only the
+  chunks a read touches are downloaded; give the dataset a ``roi`` to process a part.
+
+:meth:`Volume.crop` gives a view of a sub-volume whose voxel (0, 0, 0) is the crop's offset.
 """
 
 from __future__ import annotations
@@ -51,8 +57,10 @@ Triple = tuple[int, int, int]
 
 _HDF5_RE = re.compile(r"^(?P<path>.+?\.(?:h5|hdf5|hdf)):(?P<dataset>[^:]+)$", re.IGNORECASE)
 _PRECOMPUTED_PREFIX = "precomputed://file://"
+_REMOTE_PROTOCOLS = ("gs", "s3", "https", "http", "mem")
 _SPEC_FORMS = (
-    "accepted forms: 'path.h5:dataset' (.h5/.hdf5/.hdf) or 'precomputed://file:///abs/path'"
+    "accepted forms: 'path.h5:dataset' (.h5/.hdf5/.hdf), 'precomputed://file:///abs/path' or, "
+    "read-only, 'precomputed://gs://bucket/path' (also s3://, https://, http://)"
 )
 
 
@@ -130,15 +138,29 @@ RoiLike = Roi | tuple[slice, slice, slice] | tuple[Sequence[int], Sequence[int]]
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    """Parsed volume spec. ``path`` is absolute; ``dataset`` (HDF5) or ``url`` (precomputed)."""
+    """Parsed volume spec. ``path`` is absolute (None for a remote volume); ``dataset``
+    (HDF5) or ``url`` (precomputed)."""
 
     kind: Literal["hdf5", "precomputed"]
-    path: Path
+    path: Path | None
     dataset: str | None = None
     url: str | None = None
 
     def __str__(self) -> str:
         return f"{self.path}:{self.dataset}" if self.kind == "hdf5" else str(self.url)
+
+    @property
+    def remote(self) -> bool:
+        """True for a remote (read-only) precomputed volume."""
+        return self.kind == "precomputed" and self.path is None
+
+    def local_path(self, what: str) -> Path:
+        """The local path, or an InputError saying that ``what`` needs a local volume."""
+        if self.path is None:
+            raise InputError(
+                f"volume {self}: {what} needs a local volume; remote volumes are read-only"
+            )
+        return self.path
 
 
 def parse_volume_spec(spec: str | VolumeSpec) -> VolumeSpec:
@@ -150,9 +172,12 @@ def parse_volume_spec(spec: str | VolumeSpec) -> VolumeSpec:
     s = spec.strip()
     if s.startswith("precomputed://"):
         if not s.startswith(_PRECOMPUTED_PREFIX):
-            raise InputError(
-                f"volume spec {spec!r}: only local 'file://' precomputed volumes are supported; {_SPEC_FORMS}"
-            )
+            protocol, sep, rest = s[len("precomputed://") :].partition("://")
+            if not sep or protocol not in _REMOTE_PROTOCOLS or not rest.strip("/"):
+                raise InputError(
+                    f"volume spec {spec!r}: unsupported precomputed location; {_SPEC_FORMS}"
+                )
+            return VolumeSpec("precomputed", None, url=s.rstrip("/"))
         local = s[len(_PRECOMPUTED_PREFIX) :].rstrip("/")
         if not local.startswith("/"):
             raise InputError(
@@ -368,6 +393,26 @@ class Volume:
     def _read(self, roi: Roi) -> np.ndarray:
         raise NotImplementedError
 
+    def crop(self, roi: RoiLike) -> Volume:
+        """A read-only view of ``roi`` (inside this volume): its voxel (0, 0, 0) is the ROI's
+        offset, its shape the ROI's."""
+        return _CroppedVolume(self, self.to_roi(roi))
+
+
+class _CroppedVolume(Volume):
+    def __init__(self, base: Volume, roi: Roi):
+        super().__init__(base.spec, roi.shape, base.dtype, base.resolution_nm)
+        self.base = base
+        self.offset = roi.offset
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, crop offset={self.offset})"
+
+    def _read(self, roi: Roi) -> np.ndarray:
+        return self.base._read(
+            Roi(tuple(a + b for a, b in zip(roi.offset, self.offset)), roi.shape)
+        )
+
 
 class _Hdf5Volume(Volume):
     def _read(self, roi: Roi) -> np.ndarray:
@@ -419,11 +464,11 @@ def open_volume(spec: str | VolumeSpec) -> Volume:
             return _Hdf5Volume(
                 vs, _triple(ds.shape, "shape"), dtype, None if res is None else _resolution(res, vs)
             )
-    if not (vs.path / "info").is_file():
+    if not vs.remote and not (vs.path / "info").is_file():
         raise InputError(f"volume {vs}: no precomputed volume at {vs.path} (missing 'info' file)")
     try:
         cv = _cloudvolume(vs.url)
-    except Exception as e:  # cloud-volume raises many types for a broken info
+    except Exception as e:  # cloud-volume raises many types for a missing or broken info
         raise InputError(f"volume {vs}: cannot open precomputed volume: {e}") from None
     if int(cv.num_channels) != 1:
         raise InputError(
@@ -489,6 +534,7 @@ def write_volume(
     cast to uint32/uint64; bool images to uint8 for precomputed.
     """
     vs, arr = _prepare(spec, array, layer_type)
+    vs.local_path("writing")
     res = _resolution(resolution_nm, vs)
     chunks = _chunks(chunk_zyx, _triple(arr.shape, "shape"), vs)
     if vs.kind == "hdf5":
@@ -553,6 +599,7 @@ def create_precomputed(
         raise InputError(
             f"volume {vs}: create_precomputed needs a 'precomputed://file:///abs/path' spec"
         )
+    vs.local_path("writing")
     _check_layer_type(layer_type, vs)
     shape = _shape(shape_zyx, vs)
     dt = _check_dtype(dtype, vs)
@@ -618,6 +665,8 @@ def write_region(spec: str | VolumeSpec, array: np.ndarray, offset_zyx: Sequence
     chunk-aligned (the end may instead touch the volume boundary).
     """
     vol = open_volume(spec)
+    if not isinstance(vol, (_Hdf5Volume, _PrecomputedVolume)) or vol.spec.remote:
+        raise InputError(f"volume {vol.spec}: remote volumes and crops are read-only")
     arr = np.asarray(array)
     if arr.ndim != 3:
         raise InputError(

@@ -20,7 +20,7 @@ rule clean_up:
     resources:
         mem_mb=8000,
     params:
-        dataset=dataset_params("mask"),
+        dataset=dataset_params("mask", "roi"),
         consensus=config["agglomeration"]["consensus"],
         cleanup=config["agglomeration"]["cleanup"],
         masknet=masknet_use_params(),

@@ -160,7 +160,7 @@ def dataset_params(*keys):
     return params
 
 
-IMAGE_KEYS = ("raw", "mask", "resolution_nm", "image_mean", "image_stddev")
+IMAGE_KEYS = ("raw", "mask", "roi", "resolution_nm", "image_mean", "image_stddev")
 
 
 def resegmentation_scoring_params():
@@ -187,6 +187,7 @@ def ffn_examples_params(wildcards):
         "fov_size_zyx": t["arch"]["fov_size_zyx"],
         "deltas_zyx": t["arch"]["deltas_zyx"],
         "labels": config["datasets"][wildcards.dataset].get("labels"),
+        "roi": config["datasets"][wildcards.dataset].get("roi"),
     }
 
 

@@ -29,7 +29,7 @@ rule extract_graph:
     resources:
         mem_mb=8000,
     params:
-        dataset=dataset_params("resolution_nm", "synapses", "synapse_units"),
+        dataset=dataset_params("resolution_nm", "synapses", "synapse_units", "roi"),
         connectome=config["connectome"],
         code=stage_code("connectome"),
     script:

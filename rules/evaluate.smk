@@ -19,7 +19,7 @@ rule evaluate:
     resources:
         mem_mb=4000,
     params:
-        dataset=dataset_params("labels"),
+        dataset=dataset_params("labels", "roi"),
         evaluation=config["evaluation"],
         code=stage_code("evaluate"),
     script:

@@ -212,3 +212,21 @@ def test_stage_log_keeps_everything_and_the_console_gets_warnings_and_errors(tmp
     assert f"ffnflow: warning: slow precision (log: {log_path})" in console
     assert "ffnflow: error: raw 'v.h5:raw': not found" in console
     assert "started" not in console and "warning: raw" not in console
+
+
+def test_dataset_roi_outside_the_volume_is_named(tmp_path):
+    path = h5(tmp_path, "v.h5", raw=np.full((16, 16, 16), 128, np.uint8))
+    roi = {"offset_zyx": [0, 4, 4], "shape_zyx": [16, 16, 8]}
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(
+        InputError,
+        match=r"datasets\.d\.roi: offset \[0, 4, 4\] shape "
+        r"\[16, 16, 8\].*outside raw .*v\.h5:raw, shape \[16, 16, 16\]",
+    ):
+        run_place_seeds(
+            make_config(tmp_path, f"{path}:raw", roi=roi), "d", "z0_y0_x0", out / "seeds.csv"
+        )
+    assert_no_outputs(out)
+    with pytest.raises(InputError, match="roi"):
+        make_config(tmp_path, f"{path}:raw", roi={"offset_zyx": [0, 0, 0], "shape_zyx": [0, 4, 4]})

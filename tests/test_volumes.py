@@ -47,15 +47,77 @@ def test_parse_volume_spec(tmp_path, monkeypatch):
         "/data/seg",
         "precomputed://file:///data/seg",
     )
+    vs = parse_volume_spec("precomputed://gs://bucket/em/")
+    assert (vs.kind, vs.path, vs.url, vs.remote) == (
+        "precomputed",
+        None,
+        "precomputed://gs://bucket/em",
+        True,
+    )
     for bad in [
         "a.zarr:raw",
         "a.h5",
-        "precomputed://gs://bucket/x",
+        "precomputed://ftp://bucket/x",
+        "precomputed://gs://",
+        "precomputed://bucket/x",
         "precomputed://file://rel/x",
         "",
     ]:
         with pytest.raises(InputError, match="path.h5:dataset"):
             parse_volume_spec(bad)
+
+
+def _mem_precomputed(name: str, data_zyx: np.ndarray) -> str:
+    """A precomputed image in cloud-volume's in-process ``mem://`` store (a stand-in for a
+    remote bucket: neither a local path nor writable through ffnflow); returns its spec."""
+    from cloudvolume import CloudVolume
+
+    info = CloudVolume.create_new_info(
+        1,
+        "image",
+        "uint8",
+        "raw",
+        [4, 4, 8],
+        [10, 20, 30],
+        list(data_zyx.shape[::-1]),
+        chunk_size=[8, 8, 8],
+    )
+    cv = CloudVolume(f"mem://ffnflow-test/{name}", info=info, progress=False)
+    cv.commit_info()
+    cv[:, :, :] = np.asfortranarray(data_zyx.transpose(2, 1, 0))
+    return f"precomputed://mem://ffnflow-test/{name}"
+
+
+def test_remote_precomputed_is_read_only():
+    data = np.random.default_rng(0).integers(0, 255, (12, 16, 20), dtype=np.uint8)
+    spec = _mem_precomputed("ro", data)
+    vol = open_volume(spec)
+    assert vol.shape == (12, 16, 20) and vol.resolution_nm == (8.0, 4.0, 4.0)
+    np.testing.assert_array_equal(vol.read(Roi((2, 3, 4), (5, 6, 7))), data[2:7, 3:9, 4:11])
+    for write in (
+        lambda: write_region(spec, data[:8, :8, :8], (0, 0, 0)),
+        lambda: write_volume(spec, data, (8, 4, 4)),
+        lambda: create_precomputed(spec, data.shape, np.uint8, (8, 4, 4)),
+    ):
+        with pytest.raises(InputError, match="read-only"):
+            write()
+    with pytest.raises(InputError, match="cannot open precomputed volume"):
+        open_volume("precomputed://mem://ffnflow-test/missing")
+
+
+def test_crop_is_a_view_in_its_own_frame(tmp_path):
+    data = np.arange(10 * 12 * 14, dtype=np.uint32).reshape(10, 12, 14)
+    spec = f"{tmp_path / 'a.h5'}:labels"
+    write_volume(spec, data, (8, 8, 8), layer_type="segmentation")
+    crop = open_volume(spec).crop(Roi((2, 3, 4), (6, 7, 8)))
+    assert crop.shape == (6, 7, 8) and crop.dtype == np.uint32
+    np.testing.assert_array_equal(crop.read(), data[2:8, 3:10, 4:12])
+    np.testing.assert_array_equal(crop.read(Roi((1, 1, 1), (2, 3, 4))), data[3:5, 4:7, 5:9])
+    np.testing.assert_array_equal(crop.crop(Roi((1, 1, 1), (2, 2, 2))).read(), data[3:5, 4:6, 5:7])
+    with pytest.raises(InputError, match="outside the volume"):
+        crop.read(Roi((0, 0, 0), (7, 7, 8)))
+    with pytest.raises(InputError, match="outside the volume"):
+        open_volume(spec).crop(Roi((5, 5, 5), (6, 6, 6)))
 
 
 def test_roi():

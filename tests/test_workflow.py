@@ -335,3 +335,84 @@ def test_blocks_filled_together_give_the_per_block_result(tmp_path, tiny_em):
     )
     assert counters["counters"]["blocks_filled_together"] == 2
     assert counters["counters"]["fov_evaluations"] > 0
+
+
+def test_dataset_roi_gives_the_result_of_the_cropped_volume(tmp_path):
+    """``datasets.NAME.roi``: the pipeline on a box of a larger volume gives, voxel for voxel,
+    what it gives on that box saved as its own volume; synapses stay in the whole volume's
+    frame and the graph reports positions in it."""
+    from ffnflow.volumes import write_volume
+
+    with h5py.File(REPO / "data" / "demo.h5", "r") as f:
+        raw, labels = f["raw"][:40, :60, :64], f["labels"][:40, :60, :64]
+    offset, shape = (0, 6, 10), (40, 48, 48)
+    box = tuple(slice(o, o + s) for o, s in zip(offset, shape))
+    whole, cropped = tmp_path / "whole.h5", tmp_path / "cropped.h5"
+    for path, sel in ((whole, ...), (cropped, box)):
+        write_volume(f"{path}:raw", raw[sel], (10, 10, 10))
+        write_volume(f"{path}:labels", labels[sel], (10, 10, 10), "segmentation")
+    # Synapses (voxels) between points deep inside ground-truth objects (the tiny box holds
+    # few segments: most are autapses, enough to see that every point lands where it
+    # should), and one outside the box.
+    import edt
+
+    depth = edt.edt(np.ascontiguousarray(labels[box]).astype(np.uint32))
+    deep = np.argwhere(depth >= 4)[:: max(1, int((depth >= 4).sum()) // 12)]
+    rows = [(*a, *b) for a, b in zip(deep[:-1], deep[1:])]
+    columns = "pre_z,pre_y,pre_x,post_z,post_y,post_x"
+    for name, shift in (("whole", offset), ("cropped", (0, 0, 0))):
+        lines = [columns] + [",".join(str(v + s) for v, s in zip(r, shift * 2)) for r in rows]
+        if name == "whole":
+            lines.append("1,1,1,2,2,2")  # outside the box
+        (tmp_path / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    base = {"agglomeration": {"resegmentation": {"enabled": False}}}
+    datasets = {
+        "whole": {
+            "raw": f"{whole}:raw",
+            "labels": f"{whole}:labels",
+            "roi": {"offset_zyx": list(offset), "shape_zyx": list(shape)},
+            "synapses": str(tmp_path / "whole.csv"),
+            "synapse_units": "voxels",
+            "resolution_nm": [10, 10, 10],
+        },
+        "cropped": {
+            "raw": f"{cropped}:raw",
+            "labels": f"{cropped}:labels",
+            "synapses": str(tmp_path / "cropped.csv"),
+            "synapse_units": "voxels",
+            "resolution_nm": [10, 10, 10],
+        },
+    }
+    config = tmp_path / "my.yaml"
+    config.write_text(json.dumps({**base, "datasets": datasets}))
+    targets = [f"results/{n}/{f}" for n in datasets for f in ("metrics.json", "connectome.graphml")]
+    proc = snakemake(tmp_path / "work", config, *targets)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = tmp_path / "work" / "results"
+    assert (results / "whole/seeds.csv").read_text() == (results / "cropped/seeds.csv").read_text()
+    with (
+        h5py.File(results / "whole/segmentation.h5") as a,
+        h5py.File(results / "cropped/segmentation.h5") as b,
+    ):
+        assert a["labels"].shape == shape
+        assert np.array_equal(a["labels"][...], b["labels"][...])
+        assert list(a["labels"].attrs["roi_offset_zyx"]) == list(offset)
+        assert list(b["labels"].attrs["roi_offset_zyx"]) == [0, 0, 0]
+    m_whole, m_cropped = (json.loads((results / n / "metrics.json").read_text()) for n in datasets)
+    assert m_whole == m_cropped
+    g_whole, g_cropped = (
+        nx.read_graphml(results / n / "connectome.graphml", node_type=int) for n in datasets
+    )
+    assert set(g_whole.nodes) == set(g_cropped.nodes)
+    synapse_edges = [
+        {(a, b, d["weight"]) for a, b, d in g.edges(data=True) if d["kind"] == "synapse"}
+        for g in (g_whole, g_cropped)
+    ]
+    assert synapse_edges[0] == synapse_edges[1] and synapse_edges[0]
+    for node, data in g_cropped.nodes(data=True):
+        bbox = [int(v) for v in data["bbox_zyx"].split()]
+        assert [int(v) for v in g_whole.nodes[node]["bbox_zyx"].split()] == [
+            v + o for v, o in zip(bbox, offset * 2)
+        ]
+    summary = json.loads((results / "whole/connectome_summary.json").read_text())
+    assert summary["synapses_unassigned"].get("outside_volume") == 1

@@ -25,11 +25,42 @@ def check_resolution(dataset: DatasetConfig, what: str, resolution_nm: Any) -> N
         )
 
 
+DATASET_VOLUME_ROLES = ("raw", "labels", "mask", "mask_labels")
+
+
+def dataset_roi(dataset: DatasetConfig) -> Roi | None:
+    """The dataset's ``roi`` (voxels, z, y, x, in the raw volume's frame), or None."""
+    if dataset.roi_shape_zyx is None:
+        return None
+    return Roi(dataset.roi_offset_zyx or (0, 0, 0), dataset.roi_shape_zyx)
+
+
+def open_dataset_volume(dataset: DatasetConfig, role: str) -> Volume:
+    """A volume of a dataset (``role``: raw, labels, mask or mask_labels) as the stages see
+    it: through the dataset's ``roi`` when it has one (voxel 0 = the ROI's offset)."""
+    if role not in DATASET_VOLUME_ROLES:
+        raise ValueError(f"unknown dataset volume role {role!r}")
+    spec = getattr(dataset, role)
+    if spec is None:
+        raise InputError(f"datasets.{dataset.name}.{role}: not given")
+    volume = open_volume(spec)
+    roi = dataset_roi(dataset)
+    if roi is None:
+        return volume
+    if not volume.roi.contains(roi):
+        raise InputError(
+            f"datasets.{dataset.name}.roi: offset {list(roi.offset)} shape {list(roi.shape)} "
+            f"(z, y, x voxels) reaches outside {role} {spec}, shape {list(volume.shape)}"
+        )
+    return volume.crop(roi)
+
+
 def open_raw(dataset: DatasetConfig) -> Volume:
-    """The raw volume of a dataset, checked against its voxel size, labels and mask shapes."""
+    """The raw volume of a dataset (through its ``roi``), checked against its voxel size and
+    its labels and mask shapes."""
     volume = open_volume(dataset.raw)
     check_resolution(dataset, f"the resolution recorded in {dataset.raw}", volume.resolution_nm)
-    for role in ("labels", "mask"):
+    for role in ("labels", "mask", "mask_labels"):
         spec = getattr(dataset, role)
         if spec is not None:
             other = open_volume(spec)
@@ -38,7 +69,7 @@ def open_raw(dataset: DatasetConfig) -> Volume:
                     f"datasets.{dataset.name}.{role} {spec}: shape {other.shape} != raw "
                     f"{dataset.raw} shape {volume.shape}"
                 )
-    return volume
+    return open_dataset_volume(dataset, "raw")
 
 
 def read_raw(dataset: DatasetConfig, roi: Roi | None = None) -> np.ndarray:
@@ -105,7 +136,9 @@ def normalize_image(raw: np.ndarray, dataset: DatasetConfig) -> np.ndarray:
 
 def read_mask(dataset: DatasetConfig, roi: Roi | None = None) -> np.ndarray | None:
     """The exclusion mask of a dataset (bool, True = excluded) over a ROI, or None."""
-    return None if dataset.mask is None else open_volume(dataset.mask).read(roi).astype(bool)
+    if dataset.mask is None:
+        return None
+    return open_dataset_volume(dataset, "mask").read(roi).astype(bool)
 
 
 def block_grid(config: dict[str, Any], volume_shape: tuple[int, int, int]) -> BlockGrid:

@@ -56,7 +56,14 @@ def run_extract_graph(
     contact_labels = labels
     if cfg["contact_gap_voxels"] > 0:
         contact_labels = expand_labels(labels, cfg["contact_gap_voxels"])
-    graph, assignment = build_graph(labels, res, synapses, cable, contact_labels=contact_labels)
+    graph, assignment = build_graph(
+        labels,
+        res,
+        synapses,
+        cable,
+        contact_labels=contact_labels,
+        offset_zyx=dataset.roi_offset_zyx or (0, 0, 0),
+    )
     summary = graph_summary(graph, assignment)
     summary["synapses_unassigned_rows"] = [
         {"row": i, "reason": reason} for i, reason in assignment.unassigned

@@ -18,6 +18,7 @@ from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
 from ffnflow.metrics import segmentation_metrics
 from ffnflow.run_length import segmentation_run_length, skeletonize
+from ffnflow.stages.common import open_dataset_volume
 from ffnflow.volumes import read_volume
 
 log = logging.getLogger("ffnflow")
@@ -42,7 +43,7 @@ def run_evaluate(
     dataset = dataset_config(config, dataset_name)
     if dataset.labels is None:
         raise InputError(f"datasets.{dataset_name}.labels: not configured, nothing to evaluate")
-    labels = read_volume(dataset.labels)
+    labels = open_dataset_volume(dataset, "labels").read()
     cfg = config["evaluation"]
     skeletons = skeletonize(
         labels,

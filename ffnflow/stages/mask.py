@@ -26,6 +26,7 @@ from ffnflow.stages.common import (
     check_resolution,
     check_roi_normalisation,
     dataset_block,
+    open_dataset_volume,
     open_raw,
     probability_level,
 )
@@ -175,19 +176,14 @@ def training_volumes(config: dict[str, Any]) -> tuple[list[TrainingVolume], dict
         key = f"config key masknet.training.datasets.{name}"
         dataset = dataset_config(config, name)
         raw = open_raw(dataset)
-        annotation_spec = config["datasets"][name].get("mask_labels")
+        annotation_spec = dataset.mask_labels
         if dataset.labels is None and annotation_spec is None:
             raise InputError(
                 f"{key}: datasets.{name} has neither labels nor mask_labels to learn from"
             )
         annotation_volume = None
-        if annotation_spec is not None:
-            annotation_volume = open_volume(annotation_spec)
-            if annotation_volume.shape != raw.shape:
-                raise InputError(
-                    f"datasets.{name}.mask_labels {annotation_spec}: shape {annotation_volume.shape} "
-                    f"!= raw {dataset.raw} shape {raw.shape}"
-                )
+        if annotation_spec is not None:  # open_raw checked its shape
+            annotation_volume = open_dataset_volume(dataset, "mask_labels")
         if resolution is not None and not np.allclose(resolution, dataset.resolution_nm):
             raise InputError(
                 f"{key}: resolution {list(dataset.resolution_nm)} differs from the other "
@@ -208,7 +204,9 @@ def training_volumes(config: dict[str, Any]) -> tuple[list[TrainingVolume], dict
                     f"datasets.{name}.mask_labels {annotation_spec}: class id "
                     f"{int(annotation.max())} but masknet.training.classes names only {n_classes}"
                 )
-            labels = None if dataset.labels is None else open_volume(dataset.labels).read(roi)
+            labels = (
+                None if dataset.labels is None else open_dataset_volume(dataset, "labels").read(roi)
+            )
             volumes.append(
                 TrainingVolume(
                     name,

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from ffnflow.atomic import atomic_output
@@ -38,10 +39,14 @@ def run_publish(
     segmentation_h5: str | Path,
     precomputed_dir: str | Path,
 ) -> None:
-    """Copy the final stage's HDF5 and write it as a precomputed segmentation, block by block."""
+    """Copy the final stage's HDF5 (``labels`` gains the attribute ``roi_offset_zyx``: where
+    voxel 0 lies in the raw volume) and write it as a precomputed segmentation, block by
+    block."""
     dataset = dataset_config(config, dataset_name)
     with atomic_output(segmentation_h5) as tmp:
         shutil.copyfile(source_h5, tmp)
+        with h5py.File(tmp, "r+") as f:
+            f["labels"].attrs["roi_offset_zyx"] = list(dataset.roi_offset_zyx or (0, 0, 0))
     source = open_volume(f"{source_h5}:labels")
     with atomic_output(precomputed_dir) as tmp:
         url = write_precomputed_by_blocks(

@@ -32,8 +32,8 @@ from ffnflow.ffn.training.examples import TrainingVolume
 from ffnflow.ffn.training.run import train_ffn
 from ffnflow.ffn.training.trainer import TrainingOptions
 from ffnflow.ffn.training.validation import ValidationSet, make_validation_set
-from ffnflow.stages.common import check_resolution, open_raw
-from ffnflow.volumes import Roi, open_volume
+from ffnflow.stages.common import check_resolution, open_dataset_volume, open_raw
+from ffnflow.volumes import Roi
 
 log = logging.getLogger("ffnflow")
 
@@ -112,6 +112,7 @@ def examples_meta(config: dict[str, Any], name: str) -> dict[str, Any]:
         "max_per_partition": int(ex["max_per_partition"]),
         "rois": [[list(r.offset), list(r.shape)] for r in training_rois(config, name)],
         "labels": config["datasets"][name]["labels"],
+        "dataset_roi": config["datasets"][name].get("roi"),
     }
 
 
@@ -121,7 +122,7 @@ def run_prepare_ffn_examples(
     """Partition-balanced training centres of one dataset's training ROIs, written to ``out_npz``."""
     dataset = dataset_config(config, dataset_name)
     meta = examples_meta(config, dataset_name)
-    labels_volume = open_volume(dataset.labels)
+    labels_volume = open_dataset_volume(dataset, "labels")
     coords, partition = [], []
     for i, (offset, shape) in enumerate(meta["rois"]):
         roi = Roi(offset, shape)
@@ -154,7 +155,7 @@ def _region_volume(dataset: DatasetConfig, roi: Roi) -> TrainingVolume:
     return TrainingVolume(
         dataset.name,
         open_raw(dataset).read(roi),
-        open_volume(dataset.labels).read(roi),
+        open_dataset_volume(dataset, "labels").read(roi),
         roi.offset,
         dataset.image_mean,
         dataset.image_stddev,
