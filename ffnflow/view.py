@@ -56,9 +56,10 @@ def export_layer(
     resolution_nm,
     layer_type: str,
     config: dict[str, Any],
+    offset_zyx: tuple[int, int, int] = (0, 0, 0),
 ) -> Path:
     """Write a volume (a spec or an opened, possibly cropped, volume) as a precomputed layer
-    ``out_dir`` (once; block by block)."""
+    ``out_dir`` (once; block by block), placed at ``offset_zyx`` (voxels)."""
     out_dir = Path(out_dir)
     if (out_dir / "info").is_file():
         return out_dir
@@ -66,7 +67,9 @@ def export_layer(
         source = open_volume(source)
     dtype = source.dtype if layer_type == "image" else np.uint64
     with atomic_output(out_dir) as tmp:
-        write_precomputed_by_blocks(config, source, tmp, resolution_nm, layer_type, dtype)
+        write_precomputed_by_blocks(
+            config, source, tmp, resolution_nm, layer_type, dtype, offset_zyx
+        )
     return out_dir
 
 
@@ -99,14 +102,15 @@ def prepare_layers(config: dict[str, Any], dataset_name: str, results_dir: str |
         )
     raw = open_raw(dataset)  # through the dataset's roi: the frame of every result
     res = raw.resolution_nm or dataset.resolution_nm
+    offset = dataset.roi_offset_zyx or (0, 0, 0)  # where the results lie in the raw volume
     layers = []
-    export_layer(raw, results_dir / "view" / "raw.precomputed", res, "image", config)
+    export_layer(raw, results_dir / "view" / "raw.precomputed", res, "image", config, offset)
     layers.append(("em", "view/raw.precomputed", "image"))
     mask_h5 = results_dir / "mask.h5"
     if mask_h5.is_file():
         for name in ("exclude", "boundary"):
             out = results_dir / "view" / f"{name}.precomputed"
-            export_layer(f"{mask_h5}:{name}", out, res, "image", config)
+            export_layer(f"{mask_h5}:{name}", out, res, "image", config, offset)
             layers.append((f"mask {name}", f"view/{name}.precomputed", "image"))
     layers.append(("segmentation", "segmentation.precomputed", "segmentation"))
     return layers

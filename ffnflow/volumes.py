@@ -500,7 +500,12 @@ def _prepare(spec: str | VolumeSpec, array: Any, layer_type: str) -> tuple[Volum
 
 
 def _precomputed_info(
-    shape: Triple, dtype: np.dtype, res: Sequence[float], layer_type: str, chunks: Triple
+    shape: Triple,
+    dtype: np.dtype,
+    res: Sequence[float],
+    layer_type: str,
+    chunks: Triple,
+    voxel_offset: Triple = (0, 0, 0),
 ) -> dict:
     from cloudvolume import CloudVolume
 
@@ -511,7 +516,7 @@ def _precomputed_info(
         data_type=str(dtype),
         encoding="compressed_segmentation" if seg else "raw",
         resolution=list(reversed([float(r) for r in res])),
-        voxel_offset=[0, 0, 0],
+        voxel_offset=list(reversed(voxel_offset)),
         volume_size=list(reversed(shape)),
         chunk_size=list(reversed(chunks)),
     )
@@ -592,8 +597,12 @@ def create_precomputed(
     layer_type: LayerType = "image",
     chunk_zyx: Sequence[int] | None = None,
     overwrite: bool = False,
+    voxel_offset_zyx: Sequence[int] = (0, 0, 0),
 ) -> VolumeSpec:
-    """Create an empty precomputed volume (info only) for block-wise writes; not atomic."""
+    """Create an empty precomputed volume (info only) for block-wise writes; not atomic.
+
+    ``voxel_offset_zyx``: where its voxel 0 lies in a larger volume's frame (Neuroglancer
+    shows it there); reads and writes through ffnflow stay in the volume's own frame."""
     vs = parse_volume_spec(url)
     if vs.kind != "precomputed":
         raise InputError(
@@ -612,7 +621,12 @@ def create_precomputed(
             f"volume {vs}: {vs.path} already exists (pass overwrite=True to replace its info)"
         )
     info = _precomputed_info(
-        shape, dt, _resolution(resolution_nm, vs), layer_type, _chunks(chunk_zyx, shape, vs)
+        shape,
+        dt,
+        _resolution(resolution_nm, vs),
+        layer_type,
+        _chunks(chunk_zyx, shape, vs),
+        _triple(voxel_offset_zyx, "voxel_offset_zyx"),
     )
     _cloudvolume(vs.url, info=info).commit_info()
     return vs

@@ -398,6 +398,33 @@ def test_dataset_roi_gives_the_result_of_the_cropped_volume(tmp_path):
         assert np.array_equal(a["labels"][...], b["labels"][...])
         assert list(a["labels"].attrs["roi_offset_zyx"]) == list(offset)
         assert list(b["labels"].attrs["roi_offset_zyx"]) == [0, 0, 0]
+    # The published layer, its meshes and skeletons lie at the box's place in the volume.
+    from cloudvolume import CloudVolume
+
+    from ffnflow.volumes import read_volume
+
+    layers = {n: results / n / "segmentation.precomputed" for n in datasets}
+    infos = {n: json.loads((layers[n] / "info").read_text()) for n in datasets}
+    assert infos["whole"]["scales"][0]["voxel_offset"] == list(offset[::-1])
+    assert infos["cropped"]["scales"][0]["voxel_offset"] == [0, 0, 0]
+    with h5py.File(results / "cropped/segmentation.h5") as f:
+        final = f["labels"][...]
+    assert np.array_equal(read_volume(f"precomputed://file://{layers['whole']}"), final)
+    shift = np.asarray(offset[::-1], dtype=np.float32) * 10  # x, y, z nm
+    cvs = {n: CloudVolume(f"file://{layers[n]}", progress=False) for n in datasets}
+    segment = int(np.bincount(final.ravel())[1:].argmax()) + 1
+    vertices = [
+        np.unique(np.round(v, 2), axis=0)
+        for v in (
+            cvs["whole"].mesh.get(segment).vertices,
+            cvs["cropped"].mesh.get(segment).vertices + shift,
+        )
+    ]
+    np.testing.assert_allclose(vertices[0], vertices[1])
+    np.testing.assert_allclose(
+        cvs["whole"].skeleton.get(segment).vertices,
+        cvs["cropped"].skeleton.get(segment).vertices + shift,
+    )
     m_whole, m_cropped = (json.loads((results / n / "metrics.json").read_text()) for n in datasets)
     assert m_whole == m_cropped
     g_whole, g_cropped = (

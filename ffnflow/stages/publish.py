@@ -48,11 +48,14 @@ def run_publish(
         with h5py.File(tmp, "r+") as f:
             f["labels"].attrs["roi_offset_zyx"] = list(dataset.roi_offset_zyx or (0, 0, 0))
     source = open_volume(f"{source_h5}:labels")
+    offset = dataset.roi_offset_zyx or (0, 0, 0)
     with atomic_output(precomputed_dir) as tmp:
         url = write_precomputed_by_blocks(
-            config, source, tmp, dataset.resolution_nm, "segmentation", np.uint64
+            config, source, tmp, dataset.resolution_nm, "segmentation", np.uint64, offset
         )
-        n_meshes, n_skeletons = add_meshes_and_skeletons(url, source.read(), dataset.resolution_nm)
+        n_meshes, n_skeletons = add_meshes_and_skeletons(
+            url, source.read(), dataset.resolution_nm, offset_zyx=offset
+        )
     log.info("%d meshes and %d skeletons", n_meshes, n_skeletons)
     log.info("published %s -> %s and %s", source_h5, segmentation_h5, precomputed_dir)
 
@@ -64,13 +67,21 @@ def write_precomputed_by_blocks(
     resolution_nm: tuple[float, float, float],
     layer_type: str,
     dtype: Any,
+    offset_zyx: tuple[int, int, int] = (0, 0, 0),
 ) -> str:
     """Write a volume as a precomputed layer in ``out_dir``, one block write ROI at a time
-    (chunks aligned with the blocks); returns the layer's URL."""
+    (chunks aligned with the blocks), placed at ``offset_zyx`` (voxels) of the frame
+    Neuroglancer shows (a dataset's ``roi`` offset); returns the layer's URL."""
     grid = block_grid(config, source.shape)
     url = f"precomputed://file://{Path(out_dir).resolve()}"
     create_precomputed(
-        url, source.shape, dtype, resolution_nm, layer_type, chunk_zyx=chunk_shape(grid.block_shape)
+        url,
+        source.shape,
+        dtype,
+        resolution_nm,
+        layer_type,
+        chunk_zyx=chunk_shape(grid.block_shape),
+        voxel_offset_zyx=offset_zyx,
     )
     for block in grid:
         write_region(url, source.read(block.write_roi), block.write_roi.offset)
@@ -82,9 +93,11 @@ def add_meshes_and_skeletons(
     labels: np.ndarray,
     resolution_nm: tuple[float, float, float],
     dust_voxels: int = 100,
+    offset_zyx: tuple[int, int, int] = (0, 0, 0),
 ) -> tuple[int, int]:
     """Write meshes and skeletons of every segment (>= ``dust_voxels``) into a precomputed
-    segmentation layer at ``url``; ``labels`` is the layer's content (z, y, x)."""
+    segmentation layer at ``url``; ``labels`` is the layer's content (z, y, x), whose voxel
+    0 lies at ``offset_zyx`` (the layer's voxel offset)."""
     import kimimaro
     import zmesh
     from cloudvolume import CloudVolume, Mesh
@@ -103,7 +116,10 @@ def add_meshes_and_skeletons(
     keep = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= dust_voxels}
     mesher = zmesh.Mesher(res_xyz)
     mesher.mesh(labels_xyz)
-    half = np.asarray(res_xyz, dtype=np.float32) / 2
+    # Vertices in nm of the whole frame: voxel centres, shifted by the layer's voxel offset.
+    half = np.asarray(res_xyz, dtype=np.float32) / 2 + np.asarray(
+        [o * r for o, r in zip(offset_zyx[::-1], res_xyz)], dtype=np.float32
+    )
     meshes = []
     for segid in sorted(int(i) for i in mesher.ids()):
         if segid in keep:
