@@ -21,6 +21,7 @@ Volume specs (strings):
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -329,6 +330,22 @@ def _cloudvolume(url: str, **kw: Any) -> Any:
     return CloudVolume(url, mip=0, fill_missing=False, progress=False, **kw)
 
 
+# In-memory cache of decoded chunks of one remote volume, per process.
+REMOTE_CHUNK_CACHE_BYTES = 512 * 2**20
+_remote_volumes: dict[tuple[str, int], Any] = {}
+
+
+def _remote_cloudvolume(url: str) -> Any:
+    """One reader per remote volume and process (its info is fetched once, and the chunks
+    it decoded are kept in a :data:`REMOTE_CHUNK_CACHE_BYTES` LRU, so that the many small
+    reads of nearby ROIs, e.g. the resegmentation's, download each chunk once). Keyed by
+    process id: a forked worker opens its own connections."""
+    key = (url, os.getpid())
+    if key not in _remote_volumes:
+        _remote_volumes[key] = _cloudvolume(url, lru_bytes=REMOTE_CHUNK_CACHE_BYTES)
+    return _remote_volumes[key]
+
+
 # ------------------------------------------------------------------- reading
 
 
@@ -467,7 +484,7 @@ def open_volume(spec: str | VolumeSpec) -> Volume:
     if not vs.remote and not (vs.path / "info").is_file():
         raise InputError(f"volume {vs}: no precomputed volume at {vs.path} (missing 'info' file)")
     try:
-        cv = _cloudvolume(vs.url)
+        cv = _remote_cloudvolume(vs.url) if vs.remote else _cloudvolume(vs.url)
     except Exception as e:  # cloud-volume raises many types for a missing or broken info
         raise InputError(f"volume {vs}: cannot open precomputed volume: {e}") from None
     if int(cv.num_channels) != 1:

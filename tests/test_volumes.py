@@ -103,6 +103,11 @@ def test_remote_precomputed_is_read_only():
             write()
     with pytest.raises(InputError, match="cannot open precomputed volume"):
         open_volume("precomputed://mem://ffnflow-test/missing")
+    # One reader per remote volume and process, with a chunk cache: a second open and
+    # repeated reads of nearby ROIs reuse its info and decoded chunks.
+    again = open_volume(spec)
+    assert again._cv is vol._cv and vol._cv.image.lru.size > 0
+    np.testing.assert_array_equal(again.read(Roi((0, 0, 0), (8, 8, 8))), data[:8, :8, :8])
 
 
 def test_crop_is_a_view_in_its_own_frame(tmp_path):
