@@ -23,6 +23,7 @@ Examples (a volume small enough for one block has the block ``z0_y0_x0``)::
     ffnflow extract-graph --config config.yaml --dataset demo \
         --segmentation segmentation.h5 --out-dir results/demo
     ffnflow view --config config.yaml --dataset demo          # Neuroglancer on localhost
+    ffnflow copy-roi --config my.yaml --dataset cutout --out cutout.h5  # e.g. from a bucket
     ffnflow import-google-weights --npz ffn_fib25_google.npz --out models/ffn_fib25_google.pt
     ffnflow predict-mask --config config.yaml --dataset demo --block z0_y0_x0 --out block_mask.h5
     ffnflow gather-mask --config config.yaml --dataset demo --block-dir results/demo/blocks \
@@ -177,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="results directory (default results/NAME)")
     p.add_argument("--port", type=int, default=8765)
 
+    p = sub.add_parser(
+        "copy-roi",
+        help="copy a dataset's volumes within its roi into one HDF5 file (e.g. from a bucket)",
+    )
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="HDF5 file to write")
     p = sub.add_parser("import-google-weights", help="convert google/ffn npz weights")
     p.add_argument("--npz", required=True)
     p.add_argument("--out", required=True)
@@ -252,6 +259,13 @@ def run(args: argparse.Namespace) -> None:
         _run_ffn_training(args, load_config(args.config))
     elif args.command in STAGE4_5_COMMANDS:
         _run_stage4_5(args, load_config(args.config))
+    elif args.command == "copy-roi":
+        from ffnflow.stages.copy_roi import entry_text, run_copy_roi
+
+        config = load_config(args.config)
+        entry = run_copy_roi(config, args.dataset, args.out)
+        has_synapses = dataset_config(config, args.dataset).synapses is not None
+        print(entry_text(f"{args.dataset}_copy", entry, has_synapses))
     elif args.command == "import-google-weights":
         from ffnflow.ffn.model import ConvStack3D, import_google_npz, save_checkpoint
 

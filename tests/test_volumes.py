@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -334,3 +336,73 @@ def test_region_writes(tmp_path):
     np.testing.assert_array_equal(read_volume(h5), expect)
     with pytest.raises(InputError, match=r"blk\.h5:out.*outside"):
         write_region(h5, data[:2, :2, :2], (4, 0, 0))
+
+
+def test_copy_roi_copies_the_box_of_every_dataset_volume(tmp_path, capsys):
+    """``ffnflow copy-roi``: a remote raw volume and local labels, within the dataset's roi,
+    into one HDF5 file whose printed entry gives the same volumes as the roi did."""
+    import yaml
+
+    from ffnflow.cli import main
+    from ffnflow.config import dataset_config, validate_config
+    from ffnflow.stages.common import open_dataset_volume
+
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 255, (20, 24, 28), dtype=np.uint8)
+    labels = rng.integers(0, 5, (20, 24, 28)).astype(np.uint32)
+    write_volume(f"{tmp_path}/gt.h5:labels", labels, (8, 4, 4), layer_type="segmentation")
+    entry = {
+        "raw": _mem_precomputed("copy", raw),
+        "labels": f"{tmp_path}/gt.h5:labels",
+        "roi": {"offset_zyx": [2, 3, 4], "shape_zyx": [15, 17, 19]},
+        "resolution_nm": [8, 4, 4],
+        "image_mean": raw.mean(),
+        "image_stddev": raw.std(),
+    }
+    config = {"datasets": {"cutout": entry}, "blocks": {"shape_zyx": [8, 8, 8]}}
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(config, default=float))))
+    out = tmp_path / "copy.h5"
+    assert (
+        main(
+            [
+                "copy-roi",
+                "--config",
+                str(tmp_path / "my.yaml"),
+                "--dataset",
+                "cutout",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = yaml.safe_load(capsys.readouterr().out)
+    copy = validate_config(printed)
+    box = (slice(2, 17), slice(3, 20), slice(4, 23))
+    for role, data in (("raw", raw), ("labels", labels)):
+        np.testing.assert_array_equal(
+            open_dataset_volume(dataset_config(copy, "cutout_copy"), role).read(), data[box]
+        )
+        with h5py.File(out) as f:
+            assert list(f[role].attrs["roi_offset_zyx"]) == [2, 3, 4]
+    # A box outside the volume: an error naming it, and no file.
+    entry["roi"] = {"offset_zyx": [10, 3, 4], "shape_zyx": [15, 17, 19]}
+    (tmp_path / "bad.yaml").write_text(
+        yaml.safe_dump(json.loads(json.dumps(config, default=float)))
+    )
+    assert (
+        main(
+            [
+                "copy-roi",
+                "--config",
+                str(tmp_path / "bad.yaml"),
+                "--dataset",
+                "cutout",
+                "--out",
+                str(tmp_path / "bad.h5"),
+            ]
+        )
+        != 0
+    )
+    assert "datasets.cutout.roi" in capsys.readouterr().err
+    assert not (tmp_path / "bad.h5").exists()
