@@ -165,7 +165,8 @@ class VolumeSpec:
 
 
 def parse_volume_spec(spec: str | VolumeSpec) -> VolumeSpec:
-    """Parse ``path.h5:dataset`` or ``precomputed://file:///abs/path``."""
+    """Parse ``path.h5:dataset``, ``precomputed://file:///abs/path`` or a remote
+    ``precomputed://gs://bucket/path`` (also s3, https, http, mem; read-only)."""
     if isinstance(spec, VolumeSpec):
         return spec
     if not isinstance(spec, str) or not spec.strip():
