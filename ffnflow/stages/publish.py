@@ -43,12 +43,12 @@ def run_publish(
     voxel 0 lies in the raw volume) and write it as a precomputed segmentation, block by
     block."""
     dataset = dataset_config(config, dataset_name)
+    offset = dataset.roi_offset_zyx or (0, 0, 0)
     with atomic_output(segmentation_h5) as tmp:
         shutil.copyfile(source_h5, tmp)
         with h5py.File(tmp, "r+") as f:
-            f["labels"].attrs["roi_offset_zyx"] = list(dataset.roi_offset_zyx or (0, 0, 0))
+            f["labels"].attrs["roi_offset_zyx"] = list(offset)
     source = open_volume(f"{source_h5}:labels")
-    offset = dataset.roi_offset_zyx or (0, 0, 0)
     with atomic_output(precomputed_dir) as tmp:
         url = write_precomputed_by_blocks(
             config, source, tmp, dataset.resolution_nm, "segmentation", np.uint64, offset
