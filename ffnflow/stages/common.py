@@ -43,14 +43,18 @@ def open_dataset_volume(dataset: DatasetConfig, role: str) -> Volume:
     spec = getattr(dataset, role)
     if spec is None:
         raise InputError(f"datasets.{dataset.name}.{role}: not given")
-    volume = open_volume(spec)
+    return _through_roi(dataset, role, open_volume(spec))
+
+
+def _through_roi(dataset: DatasetConfig, role: str, volume: Volume) -> Volume:
+    """``volume`` (the dataset's ``role``) cropped to the dataset's ``roi``, if it has one."""
     roi = dataset_roi(dataset)
     if roi is None:
         return volume
     if not volume.roi.contains(roi):
         raise InputError(
             f"datasets.{dataset.name}.roi: offset {list(roi.offset)} shape {list(roi.shape)} "
-            f"(z, y, x voxels) reaches outside {role} {spec}, shape {list(volume.shape)}"
+            f"(z, y, x voxels) reaches outside {role} {volume.spec}, shape {list(volume.shape)}"
         )
     return volume.crop(roi)
 
@@ -69,7 +73,7 @@ def open_raw(dataset: DatasetConfig) -> Volume:
                     f"datasets.{dataset.name}.{role} {spec}: shape {other.shape} != raw "
                     f"{dataset.raw} shape {volume.shape}"
                 )
-    return open_dataset_volume(dataset, "raw")
+    return _through_roi(dataset, "raw", volume)
 
 
 def read_raw(dataset: DatasetConfig, roi: Roi | None = None) -> np.ndarray:

@@ -38,9 +38,7 @@ def run_copy_roi(config: dict[str, Any], dataset_name: str, out_h5: str | Path) 
             if spec is None:
                 continue
             volume = open_dataset_volume(dataset, role)
-            layer = "image" if role == "raw" else "segmentation"
-            if role in ("mask", "mask_labels") or volume.dtype.kind == "f":
-                layer = "image"
+            layer = "segmentation" if role == "labels" and volume.dtype.kind in "ui" else "image"
             target = f"{tmp}:{role}"
             create_volume(
                 target,
