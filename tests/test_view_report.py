@@ -92,3 +92,16 @@ def test_view_without_published_segmentation_says_so(tmp_path):
     config, _, _, _ = tiny_results(tmp_path)
     with pytest.raises(InputError, match="no published segmentation"):
         prepare_layers(config, "d", tmp_path / "elsewhere")
+
+
+def test_view_of_a_dataset_with_a_roi_exports_the_box_at_its_place(tmp_path):
+    """The EM layer of a dataset with a ``roi`` is the box, with the box's voxel offset (as
+    the published segmentation), so both lie over the source volume in Neuroglancer."""
+    config, results, raw, _ = tiny_results(tmp_path)
+    roi = {"offset_zyx": [2, 4, 6], "shape_zyx": [12, 16, 20]}
+    config = validate_config({"datasets": {"d": {**config["datasets"]["d"], "roi": roi}}})
+    prepare_layers(config, "d", results)
+    layer = results / "view" / "raw.precomputed"
+    assert json.loads((layer / "info").read_text())["scales"][0]["voxel_offset"] == [6, 4, 2]
+    exported = open_volume(f"precomputed://file://{layer}").read()
+    assert np.array_equal(exported, raw[2:14, 4:20, 6:26])
