@@ -98,7 +98,9 @@ class DatasetConfig:
     mask_labels: str | None = None
     synapses: str | None = None
     synapse_units: str = "nm"
-    roi_offset_zyx: tuple[int, int, int] | None = None
+    # Where voxel 0 of the dataset (and of every result) lies in its volumes; (0, 0, 0)
+    # and no shape without a roi.
+    roi_offset_zyx: tuple[int, int, int] = (0, 0, 0)
     roi_shape_zyx: tuple[int, int, int] | None = None
 
 
@@ -120,6 +122,6 @@ def dataset_config(config: dict[str, Any], name: str) -> DatasetConfig:
         mask_labels=d.get("mask_labels"),
         synapses=d.get("synapses"),
         synapse_units=d.get("synapse_units", "nm"),
-        roi_offset_zyx=tuple(int(v) for v in roi["offset_zyx"]) if roi else None,
+        roi_offset_zyx=tuple(int(v) for v in roi["offset_zyx"]) if roi else (0, 0, 0),
         roi_shape_zyx=tuple(int(v) for v in roi["shape_zyx"]) if roi else None,
     )

@@ -102,7 +102,7 @@ def prepare_layers(config: dict[str, Any], dataset_name: str, results_dir: str |
         )
     raw = open_raw(dataset)  # through the dataset's roi: the frame of every result
     res = raw.resolution_nm or dataset.resolution_nm
-    offset = dataset.roi_offset_zyx or (0, 0, 0)  # where the results lie in the raw volume
+    offset = dataset.roi_offset_zyx  # where the results lie in the raw volume
     layers = []
     export_layer(raw, results_dir / "view" / "raw.precomputed", res, "image", config, offset)
     layers.append(("em", "view/raw.precomputed", "image"))

@@ -32,7 +32,7 @@ def dataset_roi(dataset: DatasetConfig) -> Roi | None:
     """The dataset's ``roi`` (voxels, z, y, x, in the raw volume's frame), or None."""
     if dataset.roi_shape_zyx is None:
         return None
-    return Roi(dataset.roi_offset_zyx or (0, 0, 0), dataset.roi_shape_zyx)
+    return Roi(dataset.roi_offset_zyx, dataset.roi_shape_zyx)
 
 
 def open_dataset_volume(dataset: DatasetConfig, role: str) -> Volume:

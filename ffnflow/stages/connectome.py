@@ -62,7 +62,7 @@ def run_extract_graph(
         synapses,
         cable,
         contact_labels=contact_labels,
-        offset_zyx=dataset.roi_offset_zyx or (0, 0, 0),
+        offset_zyx=dataset.roi_offset_zyx,
     )
     summary = graph_summary(graph, assignment)
     summary["synapses_unassigned_rows"] = [

@@ -29,7 +29,7 @@ def run_copy_roi(config: dict[str, Any], dataset_name: str, out_h5: str | Path) 
     dataset = dataset_config(config, dataset_name)
     out_h5 = Path(out_h5).resolve()
     shape = open_raw(dataset).shape  # checks the voxel size and the volumes' shapes
-    offset = list(dataset.roi_offset_zyx or (0, 0, 0))
+    offset = list(dataset.roi_offset_zyx)
     grid = block_grid(config, shape)
     entry: dict[str, Any] = {}
     with atomic_output(out_h5) as tmp:

@@ -43,7 +43,7 @@ def run_publish(
     voxel 0 lies in the raw volume) and write it as a precomputed segmentation, block by
     block."""
     dataset = dataset_config(config, dataset_name)
-    offset = dataset.roi_offset_zyx or (0, 0, 0)
+    offset = dataset.roi_offset_zyx
     with atomic_output(segmentation_h5) as tmp:
         shutil.copyfile(source_h5, tmp)
         with h5py.File(tmp, "r+") as f:
