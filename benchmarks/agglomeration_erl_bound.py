@@ -1,0 +1,197 @@
+"""Can any merge set lower VI split by 0.2 bits and raise ERL? An oracle bound.
+
+For a segmentation before agglomeration (a run's ``cleaned.h5``) and its ground truth, the
+candidate merges are the touching pairs of segments (labels grown by ``--gap`` voxels, as
+the resegmentation's decision points; both segments >= ``--min-segment-voxels``) whose two
+segments have the same majority ground-truth object: merges a perfect scorer would make.
+Merging two segments of different objects only adds VI merge and ERL merges, so the best
+any agglomeration can do lies within these. The script reports:
+
+- *all*: every candidate merged (the VI split ceiling of merging);
+- *ERL-clean*: only merges of segments that hold skeleton nodes of at most one and the same
+  ground-truth object (no merge can then create an ERL merge);
+- *search*: starting from *all*, merges are dropped one at a time, each time the one whose
+  removal gives the highest ERL while the VI split gain stays >= ``--min-gain``, until the
+  ERL is no lower than before agglomeration or no merge can be dropped. A greedy search,
+  not an exhaustive one: its best ERL is what the criterion would need to beat.
+
+ERL: :mod:`ffnflow.run_length` along kimimaro skeletons of the ground truth with the
+evaluation's defaults (``--skeletons`` reads them from a pickle of
+``{object id: Skeleton}`` instead). VI (bits, ground-truth label 0 ignored, segment label 0
+counted, as the evaluation) is computed from the segment x object contingency table.
+
+Usage: python benchmarks/agglomeration_erl_bound.py SEG.h5 GT.h5 [--resolution-nm Z Y X]
+(both files hold ``labels``, z, y, x, the same shape). Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+from collections.abc import Iterable, Mapping
+
+import fastremap
+import h5py
+import numpy as np
+
+from ffnflow.metrics import majority_objects, segmentation_metrics
+from ffnflow.resegmentation import ResegmentationOptions, decision_points
+from ffnflow.run_length import Skeleton, expected_run_length, node_segments, skeletonize
+from ffnflow.stitch import UnionFind
+
+
+class ContingencyVI:
+    """VI split / merge (bits) of merged segmentations from one contingency table."""
+
+    def __init__(self, segmentation: np.ndarray, ground_truth: np.ndarray) -> None:
+        keep = ground_truth > 0
+        pairs = np.stack([segmentation[keep], ground_truth[keep]], axis=1)
+        rows, counts = np.unique(pairs, axis=0, return_counts=True)
+        self.seg = rows[:, 0]
+        self.gt = rows[:, 1]
+        self.counts = counts.astype(np.float64)
+        self.total = float(counts.sum())
+        self.h_gt = self._entropy(self.gt, self.counts)
+
+    def _entropy(self, keys: np.ndarray, counts: np.ndarray) -> float:
+        _, inverse = np.unique(keys, return_inverse=True, axis=0)
+        p = np.bincount(inverse.ravel(), weights=counts) / self.total
+        return float(-(p * np.log2(p)).sum())
+
+    def __call__(self, relabel: Mapping[int, int]) -> tuple[float, float]:
+        """(split, merge) = (H(segments | objects), H(objects | segments)) after ``relabel``."""
+        seg = np.array([relabel.get(int(s), int(s)) for s in self.seg], dtype=np.uint64)
+        joint = self._entropy(np.stack([seg, self.gt], axis=1), self.counts)
+        return joint - self.h_gt, joint - self._entropy(seg, self.counts)
+
+
+def union(pairs: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """Segment -> representative after merging ``pairs``."""
+    uf = UnionFind()
+    for a, b in pairs:
+        uf.union(a, b)
+    return {k: uf.find(k) for k in list(uf.parent)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("segmentation_h5")
+    parser.add_argument("ground_truth_h5")
+    parser.add_argument("--resolution-nm", type=float, nargs=3, default=(10.0, 10.0, 10.0))
+    parser.add_argument("--gap", type=float, default=2.0, help="label growth, voxels")
+    parser.add_argument("--min-segment-voxels", type=int, default=1000)
+    parser.add_argument("--min-gain", type=float, default=0.2, help="VI split gain, bits")
+    parser.add_argument("--skeletons", help="pickle of {object id: Skeleton} (nm, z, y, x)")
+    args = parser.parse_args()
+    res = tuple(args.resolution_nm)
+    with h5py.File(args.segmentation_h5, "r") as f:
+        seg = f["labels"][...].astype(np.uint64)
+    with h5py.File(args.ground_truth_h5, "r") as f:
+        gt = f["labels"][...].astype(np.uint64)
+
+    t0 = time.perf_counter()
+    if args.skeletons:
+        with open(args.skeletons, "rb") as f:
+            skeletons: dict[int, Skeleton] = pickle.load(f)
+    else:
+        skeletons = skeletonize(gt, res)
+    print(f"{len(skeletons)} ground-truth skeletons ({time.perf_counter() - t0:.0f} s)")
+    nodes = node_segments(skeletons, seg, res)
+    vi = ContingencyVI(seg, gt)
+
+    def erl(relabel: Mapping[int, int]) -> float:
+        mapped = {
+            k: np.array([relabel.get(int(s), int(s)) for s in v], dtype=np.uint64)
+            for k, v in nodes.items()
+        }
+        return expected_run_length(skeletons, mapped).erl_nm
+
+    base_split, base_merge = vi({})
+    base_erl = erl({})
+    check = segmentation_metrics(gt, seg)
+    assert abs(check["vi_split"] - base_split) < 1e-6, (check, base_split)
+    assert abs(check["vi_merge"] - base_merge) < 1e-6, (check, base_merge)
+
+    def row(name: str, merges: list[tuple[int, int]]) -> dict:
+        relabel = union(merges)
+        split, merge = vi(relabel)
+        out = {
+            "merges": name,
+            "n": len(merges),
+            "vi_split_gain": round(base_split - split, 4),
+            "vi_merge_change": round(merge - base_merge, 4),
+            "erl_nm": round(erl(relabel), 1),
+        }
+        print(json.dumps(out), flush=True)
+        return out
+
+    ids, counts = fastremap.unique(seg, return_counts=True)
+    size = dict(zip(ids.tolist(), counts.tolist()))
+    majority = majority_objects(seg, gt)
+    options = ResegmentationOptions(
+        max_gap_voxels=args.gap, min_contact_faces=1, min_segment_voxels=0
+    )
+    candidates = [
+        (p.a, p.b)
+        for p in decision_points(seg, options)
+        if min(size[p.a], size[p.b]) >= args.min_segment_voxels
+        and majority[p.a]
+        and majority[p.a] == majority[p.b]
+    ]
+    owners: dict[int, set[int]] = {}
+    for key, segs in nodes.items():
+        for s in np.unique(segs).tolist():
+            if s:
+                owners.setdefault(int(s), set()).add(key)
+    clean = [
+        (a, b)
+        for a, b in candidates
+        if len(owners.get(a, ())) <= 1
+        and len(owners.get(b, ())) <= 1
+        and (not owners.get(a) or not owners.get(b) or owners[a] == owners[b])
+    ]
+    print(
+        json.dumps(
+            {"before": {"vi_split": round(base_split, 4), "vi_merge": round(base_merge, 4),
+                        "erl_nm": round(base_erl, 1)}}
+        )
+    )  # fmt: skip
+    rows = [row("all", candidates), row("ERL-clean", clean)]
+
+    kept = list(candidates)
+    best = None
+    while True:
+        relabel = union(kept)
+        current = erl(relabel)
+        if base_split - vi(relabel)[0] < args.min_gain or current >= base_erl:
+            break
+        choice = None
+        for i in range(len(kept)):
+            trial = union(kept[:i] + kept[i + 1 :])
+            if base_split - vi(trial)[0] < args.min_gain:
+                continue
+            value = erl(trial)
+            if choice is None or value > choice[0]:
+                choice = (value, i)
+        if choice is None:
+            break
+        kept.pop(choice[1])
+    if base_split - vi(union(kept))[0] >= args.min_gain:
+        best = row(f"search (split gain >= {args.min_gain})", kept)
+    else:
+        print(f"no merge set of the candidates gains {args.min_gain} bits of VI split")
+    verdict = bool(best and best["erl_nm"] >= base_erl and best["vi_merge_change"] <= 0.05)
+    print(f"criterion reachable by the search: {verdict}")
+    print(
+        json.dumps(
+            {"before": {"vi_split": base_split, "vi_merge": base_merge, "erl_nm": base_erl},
+             "candidates": len(candidates), "rows": rows, "search": best,
+             "criterion_reached": verdict}
+        )
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
