@@ -1,4 +1,4 @@
-"""Volume I/O for HDF5 and local Neuroglancer precomputed volumes.
+"""Volume I/O: HDF5 and Neuroglancer precomputed (read and write), zarr and N5 (read).
 
 Conventions: in memory every volume is a 3D numpy array with axes (z, y, x);
 shapes, offsets, ROIs and chunk sizes are (z, y, x) voxels; resolutions are
@@ -14,6 +14,12 @@ Volume specs (strings):
   ``mem://`` for tests): a remote precomputed volume, read-only, read with cloud-volume
   (credentials as cloud-volume finds them, e.g. ``~/.cloudvolume/secrets``). Only the
   chunks a read touches are downloaded; give the dataset a ``roi`` to process a part.
+* ``zarr://LOCATION`` and ``n5://LOCATION``, read-only, with LOCATION ``file:///abs/path``,
+  ``gs://``, ``s3://``, ``https://``, ``http://`` (``memory://`` for tests); a local path with
+  a ``.zarr`` or ``.n5`` part (``/data/em.zarr/0``, ``em.n5/raw/s0``) is the same as
+  ``zarr://file://`` / ``n5://file://`` of it. Zarr v2 and v3, OME-Zarr groups (their
+  full-resolution level) and N5, read with TensorStore (:mod:`ffnflow.zarr_n5`, which
+  says how axes and resolutions are found).
 
 :meth:`Volume.crop` gives a view of a sub-volume whose voxel (0, 0, 0) is the crop's offset.
 """
@@ -59,9 +65,12 @@ Triple = tuple[int, int, int]
 _HDF5_RE = re.compile(r"^(?P<path>.+?\.(?:h5|hdf5|hdf)):(?P<dataset>[^:]+)$", re.IGNORECASE)
 _PRECOMPUTED_PREFIX = "precomputed://file://"
 _REMOTE_PROTOCOLS = ("gs", "s3", "https", "http", "mem")
+_LOCAL_ZARR_N5_RE = re.compile(r"^(?:.*/)?[^/:]+\.(?P<fmt>zarr|n5)(?:/[^:]*)?$", re.IGNORECASE)
 _SPEC_FORMS = (
     "accepted forms: 'path.h5:dataset' (.h5/.hdf5/.hdf), 'precomputed://file:///abs/path' or, "
-    "read-only, 'precomputed://gs://bucket/path' (also s3://, https://, http://)"
+    "read-only, 'precomputed://gs://bucket/path' (also s3://, https://, http://), "
+    "'zarr://LOCATION' or 'n5://LOCATION' (LOCATION file:///abs/path, gs://, s3://, https://) "
+    "and local paths such as '/data/em.zarr/0' or 'em.n5/raw/s0'"
 )
 
 
@@ -140,9 +149,9 @@ RoiLike = Roi | tuple[slice, slice, slice] | tuple[Sequence[int], Sequence[int]]
 @dataclass(frozen=True)
 class VolumeSpec:
     """Parsed volume spec. ``path`` is absolute (None for a remote volume); ``dataset``
-    (HDF5) or ``url`` (precomputed)."""
+    (HDF5) or ``url`` (precomputed, zarr, n5: the normalised spec)."""
 
-    kind: Literal["hdf5", "precomputed"]
+    kind: Literal["hdf5", "precomputed", "zarr", "n5"]
     path: Path | None
     dataset: str | None = None
     url: str | None = None
@@ -152,11 +161,22 @@ class VolumeSpec:
 
     @property
     def remote(self) -> bool:
-        """True for a remote (read-only) precomputed volume."""
-        return self.kind == "precomputed" and self.path is None
+        """True for a volume that is not on a local disk."""
+        return self.path is None
+
+    @property
+    def location(self) -> str:
+        """Where a zarr / N5 volume is: a TensorStore key-value store URL."""
+        return str(self.url).partition("://")[2]
 
     def local_path(self, what: str) -> Path:
-        """The local path, or an InputError saying that ``what`` needs a local volume."""
+        """The local path of a writable volume, or an InputError saying why ``what`` cannot
+        use this one (remote volumes, zarr and N5 are read-only)."""
+        if self.kind in ("zarr", "n5"):
+            raise InputError(
+                f"volume {self}: {what} needs an HDF5 or precomputed volume; ffnflow reads "
+                "zarr and N5 volumes, read-only"
+            )
         if self.path is None:
             raise InputError(
                 f"volume {self}: {what} needs a local volume; remote volumes are read-only"
@@ -164,14 +184,37 @@ class VolumeSpec:
         return self.path
 
 
+def _zarr_n5_spec(fmt: str, location: str, spec: str) -> VolumeSpec:
+    from ffnflow.zarr_n5 import LOCATION_PROTOCOLS
+
+    protocol, sep, rest = location.partition("://")
+    rest = rest.rstrip("/")
+    if not sep or protocol not in LOCATION_PROTOCOLS or not rest.strip("/"):
+        raise InputError(f"volume spec {spec!r}: unsupported {fmt} location; {_SPEC_FORMS}")
+    if protocol != "file":
+        return VolumeSpec(fmt, None, url=f"{fmt}://{protocol}://{rest}")  # type: ignore[arg-type]
+    if not rest.startswith("/"):
+        raise InputError(f"volume spec {spec!r}: {fmt} path must be absolute; {_SPEC_FORMS}")
+    path = Path(rest)
+    return VolumeSpec(fmt, path, url=f"{fmt}://file://{path}")  # type: ignore[arg-type]
+
+
 def parse_volume_spec(spec: str | VolumeSpec) -> VolumeSpec:
-    """Parse ``path.h5:dataset``, ``precomputed://file:///abs/path`` or a remote
-    ``precomputed://gs://bucket/path`` (also s3, https, http, mem; read-only)."""
+    """Parse ``path.h5:dataset``, ``precomputed://file:///abs/path``, a remote
+    ``precomputed://gs://bucket/path`` (also s3, https, http, mem; read-only),
+    ``zarr://LOCATION`` / ``n5://LOCATION`` or a local ``.zarr`` / ``.n5`` path (read-only)."""
     if isinstance(spec, VolumeSpec):
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"volume spec {spec!r}: expected a non-empty string; {_SPEC_FORMS}")
     s = spec.strip()
+    for fmt in ("zarr", "n5"):
+        if s.lower().startswith(f"{fmt}://"):
+            return _zarr_n5_spec(fmt, s[len(fmt) + 3 :], spec)
+    m = _LOCAL_ZARR_N5_RE.match(s)
+    if m is not None and "://" not in s:
+        local = Path(s).expanduser().resolve()
+        return _zarr_n5_spec(m.group("fmt").lower(), f"file://{local}", spec)
     if s.startswith("precomputed://"):
         if not s.startswith(_PRECOMPUTED_PREFIX):
             protocol, sep, rest = s[len("precomputed://") :].partition("://")
@@ -467,9 +510,29 @@ class _PrecomputedVolume(Volume):
         return np.ascontiguousarray(data.transpose(2, 1, 0))
 
 
+class _ZarrN5Volume(Volume):
+    def __init__(self, spec: VolumeSpec, array: Any):
+        super().__init__(
+            spec,
+            array.shape,
+            array.dtype,
+            None if array.resolution_nm is None else _resolution(array.resolution_nm, spec),
+        )
+        self._array = array
+
+    def _read(self, roi: Roi) -> np.ndarray:
+        return self._array.read(roi.offset, roi.shape)
+
+
 def open_volume(spec: str | VolumeSpec) -> Volume:
     """Open and validate a volume (exists, 3D, supported dtype); no voxel data is read."""
     vs = parse_volume_spec(spec)
+    if vs.kind in ("zarr", "n5"):
+        from ffnflow.zarr_n5 import open_chunked_array
+
+        array = open_chunked_array(vs.kind, vs.location, str(vs))  # type: ignore[arg-type]
+        _check_dtype(array.dtype, vs)
+        return _ZarrN5Volume(vs, array)
     if vs.kind == "hdf5":
         with _open_h5(vs.path, "r", vs) as f:
             ds = _get_dataset(f, vs)
@@ -666,6 +729,7 @@ def create_volume(
     vs = parse_volume_spec(spec)
     if vs.kind == "precomputed":
         return create_precomputed(vs, shape_zyx, dtype, resolution_nm, layer_type, chunk_zyx)
+    vs.local_path("creating a volume")
     _check_layer_type(layer_type, vs)
     shape = _shape(shape_zyx, vs)
     dt = _check_dtype(dtype, vs)
@@ -698,7 +762,7 @@ def write_region(spec: str | VolumeSpec, array: np.ndarray, offset_zyx: Sequence
     """
     vol = open_volume(spec)
     if not isinstance(vol, (_Hdf5Volume, _PrecomputedVolume)) or vol.spec.remote:
-        raise InputError(f"volume {vol.spec}: remote volumes and crops are read-only")
+        raise InputError(f"volume {vol.spec}: remote, zarr and N5 volumes and crops are read-only")
     arr = np.asarray(array)
     if arr.ndim != 3:
         raise InputError(

@@ -339,17 +339,20 @@ def test_blocks_filled_together_give_the_per_block_result(tmp_path, tiny_em):
 
 def test_dataset_roi_gives_the_result_of_the_cropped_volume(tmp_path):
     """``datasets.NAME.roi``: the pipeline on a box of a larger volume gives, voxel for voxel,
-    what it gives on that box saved as its own volume; synapses stay in the whole volume's
-    frame and the graph reports positions in it."""
+    what it gives on that box saved as its own volume (its EM as an OME-Zarr group, so that
+    zarr input runs through the workflow too); synapses stay in the whole volume's frame and
+    the graph reports positions in it."""
     from ffnflow.volumes import write_volume
+    from tests.test_zarr_n5 import ome_zarr
 
     with h5py.File(REPO / "data" / "demo.h5", "r") as f:
         raw, labels = f["raw"][:40, :60, :64], f["labels"][:40, :60, :64]
     offset, shape = (0, 6, 10), (40, 48, 48)
     box = tuple(slice(o, o + s) for o, s in zip(offset, shape))
     whole, cropped = tmp_path / "whole.h5", tmp_path / "cropped.h5"
+    write_volume(f"{whole}:raw", raw, (10, 10, 10))
+    ome_zarr(tmp_path / "cropped.zarr", raw[box], (10.0, 10.0, 10.0))
     for path, sel in ((whole, ...), (cropped, box)):
-        write_volume(f"{path}:raw", raw[sel], (10, 10, 10))
         write_volume(f"{path}:labels", labels[sel], (10, 10, 10), "segmentation")
     # Synapses (voxels) between points deep inside ground-truth objects (the tiny box holds
     # few segments: most are autapses, enough to see that every point lands where it
@@ -376,7 +379,7 @@ def test_dataset_roi_gives_the_result_of_the_cropped_volume(tmp_path):
             "resolution_nm": [10, 10, 10],
         },
         "cropped": {
-            "raw": f"{cropped}:raw",
+            "raw": str(tmp_path / "cropped.zarr"),
             "labels": f"{cropped}:labels",
             "synapses": str(tmp_path / "cropped.csv"),
             "synapse_units": "voxels",
