@@ -23,6 +23,8 @@ Examples (a volume small enough for one block has the block ``z0_y0_x0``)::
     ffnflow extract-graph --config config.yaml --dataset demo \
         --segmentation segmentation.h5 --out-dir results/demo
     ffnflow view --config config.yaml --dataset demo          # Neuroglancer on localhost
+    ffnflow view --config config.yaml --dataset demo --supervoxels   # + agglomeration graph
+    ffnflow apply-equivalences --config config.yaml --dataset demo --state edited_link.txt
     ffnflow copy-roi --config my.yaml --dataset cutout --out cutout.h5  # e.g. from a bucket
     ffnflow import-google-weights --npz ffn_fib25_google.npz --out models/ffn_fib25_google.pt
     ffnflow predict-mask --config config.yaml --dataset demo --block z0_y0_x0 --out block_mask.h5
@@ -177,6 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--results", default=None, help="results directory (default results/NAME)")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--supervoxels",
+        action="store_true",
+        help="add layer 'supervoxels': cleaned.h5 with the agglomeration's merges as "
+        "Neuroglancer equivalences, for proofreading",
+    )
+
+    p = sub.add_parser(
+        "apply-equivalences",
+        help="the segmentation that the equivalences of an edited Neuroglancer state make of "
+        "the supervoxels (after view --supervoxels)",
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--state", required=True, help="Neuroglancer link, JSON state, or a file holding either"
+    )
+    p.add_argument("--layer", default="supervoxels", help="segmentation layer of the state")
+    p.add_argument("--results", default=None, help="results directory (default results/NAME)")
+    p.add_argument("--out", default=None, help="HDF5 to write (default RESULTS/proofread.h5)")
 
     p = sub.add_parser(
         "copy-roi",
@@ -290,6 +311,7 @@ STAGE4_5_COMMANDS = (
     "fill-membranes",
     "extract-graph",
     "view",
+    "apply-equivalences",
 )
 
 
@@ -346,7 +368,17 @@ def _run_stage4_5(args: argparse.Namespace, config: dict) -> None:
     elif args.command == "view":
         from ffnflow.view import serve_results
 
-        serve_results(config, args.dataset, args.results or f"results/{args.dataset}", args.port)
+        results = args.results or f"results/{args.dataset}"
+        serve_results(config, args.dataset, results, args.port, args.supervoxels)
+    elif args.command == "apply-equivalences":
+        from ffnflow.stages.proofread import run_apply_equivalences
+
+        results = Path(args.results or f"results/{args.dataset}")
+        out = args.out or results / "proofread.h5"
+        counters = run_apply_equivalences(
+            config, args.dataset, results / "cleaned.h5", args.state, out, args.layer
+        )
+        print(f"wrote {out}: {json.dumps(counters)}")
 
 
 def _run_ffn_training(args: argparse.Namespace, config: dict) -> None:

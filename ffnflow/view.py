@@ -5,6 +5,11 @@ net's exclusion and boundary maps, when present) as precomputed layers under
 ``results/NAME/view/`` once, serves ``results/NAME/`` over HTTP with CORS on localhost,
 and prints a Neuroglancer link whose layers are the EM, the mask and the final
 segmentation (``segmentation.precomputed``, with its meshes and skeletons).
+
+With ``--supervoxels`` the link also has the agglomeration graph for proofreading: layer
+``supervoxels`` shows ``cleaned.h5`` (with meshes) and its ``equivalences`` are the merges
+of the agglomeration (:mod:`ffnflow.proofreading`); ``ffnflow apply-equivalences`` turns
+an edited state back into a segmentation.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from ffnflow.atomic import atomic_output
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
 from ffnflow.stages.common import open_raw
-from ffnflow.stages.publish import write_precomputed_by_blocks
+from ffnflow.stages.publish import add_meshes_and_skeletons, write_precomputed_by_blocks
 from ffnflow.volumes import Volume, open_volume
 
 log = logging.getLogger("ffnflow")
@@ -57,31 +62,43 @@ def export_layer(
     layer_type: str,
     config: dict[str, Any],
     offset_zyx: tuple[int, int, int] = (0, 0, 0),
+    meshes: bool = False,
 ) -> Path:
     """Write a volume (a spec or an opened, possibly cropped, volume) as a precomputed layer
-    ``out_dir`` (once; block by block), placed at ``offset_zyx`` (voxels)."""
+    ``out_dir`` (block by block; again only when a local source is newer than the layer),
+    placed at ``offset_zyx`` (voxels); ``meshes``: a segmentation layer gets meshes and
+    skeletons."""
     out_dir = Path(out_dir)
-    if (out_dir / "info").is_file():
-        return out_dir
     if not isinstance(source, Volume):
         source = open_volume(source)
+    info = out_dir / "info"
+    if info.is_file():
+        path = source.spec.path  # a local source rewritten since the export: export again
+        if path is None or not path.exists() or path.stat().st_mtime <= info.stat().st_mtime:
+            return out_dir
     dtype = source.dtype if layer_type == "image" else np.uint64
     with atomic_output(out_dir) as tmp:
-        write_precomputed_by_blocks(
+        url = write_precomputed_by_blocks(
             config, source, tmp, resolution_nm, layer_type, dtype, offset_zyx
         )
+        if layer_type == "segmentation" and meshes:
+            add_meshes_and_skeletons(url, source.read(), resolution_nm, offset_zyx=offset_zyx)
     return out_dir
 
 
-def neuroglancer_state(base_url: str, layers: list[tuple[str, str, str]], resolution_nm) -> dict:
-    """A Neuroglancer state: ``layers`` are (name, path under base_url, image|segmentation)."""
+def neuroglancer_state(base_url: str, layers: list[tuple], resolution_nm) -> dict:
+    """A Neuroglancer state: ``layers`` are (name, path under base_url, image|segmentation)
+    and optionally a dict of more layer properties (e.g. ``equivalences``)."""
     z, y, x = (float(r) for r in resolution_nm)
+    out = []
+    for name, path, kind, *more in layers:
+        layer = {"type": kind, "source": f"precomputed://{base_url}/{path}", "name": name}
+        for extra in more:
+            layer.update(extra)
+        out.append(layer)
     return {
         "dimensions": {"x": [x * 1e-9, "m"], "y": [y * 1e-9, "m"], "z": [z * 1e-9, "m"]},
-        "layers": [
-            {"type": kind, "source": f"precomputed://{base_url}/{path}", "name": name}
-            for name, path, kind in layers
-        ],
+        "layers": out,
         "layout": "4panel",
     }
 
@@ -91,8 +108,11 @@ def neuroglancer_link(state: dict, app: str = NEUROGLANCER_APP) -> str:
     return f"{app}#!{urllib.parse.quote(json.dumps(state, separators=(',', ':')))}"
 
 
-def prepare_layers(config: dict[str, Any], dataset_name: str, results_dir: str | Path) -> list:
-    """Export what is missing and list the layers (name, path in results_dir, kind)."""
+def prepare_layers(
+    config: dict[str, Any], dataset_name: str, results_dir: str | Path, supervoxels: bool = False
+) -> list:
+    """Export what is missing and list the layers (name, path in results_dir, kind[, more
+    layer properties]); ``supervoxels``: add the agglomeration graph (module docstring)."""
     dataset = dataset_config(config, dataset_name)
     results_dir = Path(results_dir)
     segmentation = results_dir / "segmentation.precomputed"
@@ -113,14 +133,26 @@ def prepare_layers(config: dict[str, Any], dataset_name: str, results_dir: str |
             export_layer(f"{mask_h5}:{name}", out, res, "image", config, offset)
             layers.append((f"mask {name}", f"view/{name}.precomputed", "image"))
     layers.append(("segmentation", "segmentation.precomputed", "segmentation"))
+    if supervoxels:
+        from ffnflow.stages.proofread import agglomeration_graph
+
+        cleaned, groups = agglomeration_graph(results_dir)
+        out = results_dir / "view" / "supervoxels.precomputed"
+        export_layer(f"{cleaned}:labels", out, res, "segmentation", config, offset, meshes=True)
+        equivalences = {"equivalences": [[str(v) for v in g] for g in groups], "visible": False}
+        layers.append(("supervoxels", "view/supervoxels.precomputed", "segmentation", equivalences))
     return layers
 
 
 def serve_results(
-    config: dict[str, Any], dataset_name: str, results_dir: str | Path, port: int = 8765
+    config: dict[str, Any],
+    dataset_name: str,
+    results_dir: str | Path,
+    port: int = 8765,
+    supervoxels: bool = False,
 ) -> None:
     """Export the layers, print the Neuroglancer link and serve until interrupted."""
-    layers = prepare_layers(config, dataset_name, results_dir)
+    layers = prepare_layers(config, dataset_name, results_dir, supervoxels)
     server = make_server(results_dir, port)
     host, port = server.server_address[:2]
     state = neuroglancer_state(
