@@ -3,10 +3,12 @@
 The resegmentation agglomeration merges the segments of ``cleaned.h5`` (the
 *supervoxels*) along the pairs it accepted (``agglomeration_pairs.csv``, column
 ``merge``). In Neuroglancer those merges are the ``equivalences`` of a segmentation layer
-showing the supervoxels: each group of supervoxel ids is one object. A proofreader splits
-a wrong merge or joins a missed one there (Neuroglancer edits the equivalences), and
-:func:`apply_equivalences` turns the equivalences of the edited state back into a
-segmentation.
+showing the supervoxels: lists of supervoxel ids that are one object. Neuroglancer keeps
+them as the edges of a spanning tree per object (it writes them back as id pairs), and
+its split tool cuts that tree; :func:`merge_edges` gives it the agglomeration's own
+merged pairs, so that a split separates what one merge decision joined. A proofreader
+splits a wrong merge or joins a missed one there, and :func:`apply_equivalences` turns
+the equivalences of the edited state back into a segmentation.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ffnflow.errors import InputError
 from ffnflow.resegmentation import PairScore, apply_merges
 from ffnflow.stitch import UnionFind
 
-__all__ = ["apply_equivalences", "merged_groups", "state_equivalences"]
+__all__ = ["apply_equivalences", "merge_edges", "merged_groups", "state_equivalences"]
 
 
 def _groups(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
@@ -41,6 +43,18 @@ def merged_groups(scores: Iterable[PairScore]) -> list[list[int]]:
     """Supervoxel ids merged into one segment by the agglomeration (decision points with
     ``merge``), as sorted groups of two or more ids."""
     return _groups((s.a, s.b) for s in scores if s.merge)
+
+
+def merge_edges(scores: Iterable[PairScore]) -> list[tuple[int, int]]:
+    """The merged pairs (decision points with ``merge``) that form a spanning forest of the
+    merge graph, strongest IoU first: the equivalences Neuroglancer splits along."""
+    uf = UnionFind()
+    edges = []
+    for s in sorted((s for s in scores if s.merge), key=lambda s: (-s.iou, s.a, s.b)):
+        if uf.find(s.a) != uf.find(s.b):
+            uf.union(s.a, s.b)
+            edges.append((int(s.a), int(s.b)))
+    return edges
 
 
 def _parse_state(state: str | Path | Mapping[str, Any], what: str) -> Mapping[str, Any]:

@@ -136,10 +136,10 @@ def prepare_layers(
     if supervoxels:
         from ffnflow.stages.proofread import agglomeration_graph
 
-        cleaned, groups = agglomeration_graph(results_dir)
+        cleaned, edges = agglomeration_graph(results_dir)
         out = results_dir / "view" / "supervoxels.precomputed"
         export_layer(f"{cleaned}:labels", out, res, "segmentation", config, offset, meshes=True)
-        equivalences = {"equivalences": [[str(v) for v in g] for g in groups], "visible": False}
+        equivalences = {"equivalences": [[str(a), str(b)] for a, b in edges], "visible": False}
         layers.append(("supervoxels", "view/supervoxels.precomputed", "segmentation", equivalences))
     return layers
 

@@ -12,7 +12,12 @@ import pytest
 
 from ffnflow.cli import main
 from ffnflow.errors import InputError
-from ffnflow.proofreading import apply_equivalences, merged_groups, state_equivalences
+from ffnflow.proofreading import (
+    apply_equivalences,
+    merge_edges,
+    merged_groups,
+    state_equivalences,
+)
 from ffnflow.resegmentation import (
     PairScore,
     ResegmentationOptions,
@@ -65,6 +70,11 @@ def test_equivalences_of_the_merges_give_the_agglomerated_segmentation():
         }
     )
     assert set(np.unique(proofread).tolist()) == {0, 1, 4, 5}  # a group takes its smallest id
+    # As Neuroglancer's equivalences: a spanning tree of the merged pairs, strongest first.
+    assert merge_edges(decided) == [(1, 2), (2, 3)]
+    assert _partition(apply_equivalences(supervoxels, merge_edges(decided))) == _partition(
+        agglomerated
+    )
     assert apply_equivalences(supervoxels, []).tolist() == supervoxels.tolist()
 
 
@@ -110,7 +120,12 @@ def test_view_hands_the_agglomeration_to_a_proofreader_and_takes_it_back(tmp_pat
         prepare_layers(config, "d", results, supervoxels=True)
     supervoxels = _supervoxels()
     write_volume(f"{results}/cleaned.h5:labels", supervoxels, (20, 10, 10), "segmentation")
-    scores = [_score(1, 2, 0.9, True), _score(2, 3, 0.85, True), _score(4, 5, 0.1)]
+    scores = [
+        _score(2, 3, 0.85, True),
+        _score(1, 2, 0.9, True),
+        _score(1, 3, 0.8, True),  # already joined through 2: not a tree edge
+        _score(4, 5, 0.1),
+    ]
     write_scores_csv(results / "agglomeration_pairs.csv", scores)
 
     layers = prepare_layers(config, "d", results, supervoxels=True)
@@ -121,7 +136,8 @@ def test_view_hands_the_agglomeration_to_a_proofreader_and_takes_it_back(tmp_pat
     assert info["mesh"] == "mesh" and (exported / "mesh" / "3:0").is_file()
     state = neuroglancer_state("http://127.0.0.1:8765", layers, (20, 10, 10))
     layer = state["layers"][2]
-    assert layer["equivalences"] == [["1", "2", "3"]] and layer["visible"] is False
+    # The merged pairs, as Neuroglancer keeps them (a spanning tree per object).
+    assert layer["equivalences"] == [["1", "2"], ["2", "3"]] and layer["visible"] is False
     assert layer["source"] == "precomputed://http://127.0.0.1:8765/view/supervoxels.precomputed"
 
     layer["equivalences"] = [["1", "2"], ["4", "5"]]  # the proofreader's edits

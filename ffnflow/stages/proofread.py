@@ -12,16 +12,16 @@ import numpy as np
 
 from ffnflow.config import dataset_config
 from ffnflow.errors import InputError
-from ffnflow.proofreading import apply_equivalences, merged_groups, state_equivalences
+from ffnflow.proofreading import apply_equivalences, merge_edges, state_equivalences
 from ffnflow.resegmentation import read_scores_csv
 from ffnflow.volumes import read_volume, write_volume
 
 log = logging.getLogger("ffnflow")
 
 
-def agglomeration_graph(results_dir: str | Path) -> tuple[Path, list[list[int]]]:
-    """The supervoxels (``cleaned.h5``) of a run's results and the groups its agglomeration
-    merged (from ``agglomeration_pairs.csv``)."""
+def agglomeration_graph(results_dir: str | Path) -> tuple[Path, list[tuple[int, int]]]:
+    """The supervoxels (``cleaned.h5``) of a run's results and the pairs its agglomeration
+    merged (from ``agglomeration_pairs.csv``; a spanning forest, :func:`merge_edges`)."""
     results_dir = Path(results_dir)
     supervoxels, pairs = results_dir / "cleaned.h5", results_dir / "agglomeration_pairs.csv"
     for path in (supervoxels, pairs):
@@ -30,7 +30,7 @@ def agglomeration_graph(results_dir: str | Path) -> tuple[Path, list[list[int]]]
                 f"{path}: missing; the agglomeration graph needs a run with "
                 "agglomeration.resegmentation enabled"
             )
-    return supervoxels, merged_groups(read_scores_csv(pairs))
+    return supervoxels, merge_edges(read_scores_csv(pairs))
 
 
 def run_apply_equivalences(
