@@ -15,6 +15,11 @@ any agglomeration can do lies within these. The script reports:
   ERL is no lower than before agglomeration or no merge can be dropped. A greedy search,
   not an exhaustive one: its best ERL is what the criterion would need to beat.
 
+With ``--pairs`` (a run's ``agglomeration_pairs.csv``, scored on SEG.h5) it also applies
+the pipeline's merge rule (:func:`~ffnflow.resegmentation.merge_table`) over a grid of its
+thresholds and reports the settings that meet the criterion, the highest ERL and the
+largest VI split gain with ERL up: what tuning the thresholds could reach.
+
 ERL: :mod:`ffnflow.run_length` along kimimaro skeletons of the ground truth with the
 evaluation's defaults (``--skeletons`` reads them from a pickle of
 ``{object id: Skeleton}`` instead). VI (bits, ground-truth label 0 ignored, segment label 0
@@ -27,6 +32,7 @@ Usage: python benchmarks/agglomeration_erl_bound.py SEG.h5 GT.h5 [--resolution-n
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pickle
 import time
@@ -37,7 +43,12 @@ import h5py
 import numpy as np
 
 from ffnflow.metrics import majority_objects, segmentation_metrics
-from ffnflow.resegmentation import ResegmentationOptions, decision_points
+from ffnflow.resegmentation import (
+    ResegmentationOptions,
+    decision_points,
+    merge_table,
+    read_scores_csv,
+)
 from ffnflow.run_length import Skeleton, expected_run_length, node_segments, skeletonize
 from ffnflow.stitch import UnionFind
 
@@ -75,6 +86,77 @@ def union(pairs: Iterable[tuple[int, int]]) -> dict[int, int]:
     return {k: uf.find(k) for k in list(uf.parent)}
 
 
+def threshold_sweep(
+    pairs_csv: str | None,
+    size: Mapping[int, int],
+    majority: Mapping[int, int],
+    vi: ContingencyVI,
+    erl,
+    base_split: float,
+    base_merge: float,
+    base_erl: float,
+) -> dict | None:
+    """The pipeline's merge rule on scored pairs over a grid of its thresholds."""
+    if not pairs_csv:
+        return None
+    scores = read_scores_csv(pairs_csv)
+    voxels = {k: v for k, v in size.items() if k}
+    rows = []
+    grid = itertools.product(
+        (0.25, 0.4, 0.55, 0.7, 0.85),  # merge_iou
+        (0.4, 0.6, 0.8),  # min_consistency
+        (0.1, 0.03),  # max_deleted
+        (20000, 5000, 50000, 0),  # large_segment_voxels
+        (0.1, 0.0, 0.3),  # min_bridge_fraction
+    )
+    for iou, consistency, deleted, large, bridge in grid:
+        options = ResegmentationOptions(
+            merge_iou=iou,
+            min_consistency=consistency,
+            max_deleted=deleted,
+            large_segment_voxels=large,
+            min_bridge_fraction=bridge,
+        )
+        table, decided = merge_table(scores, options, voxels)
+        split, merge = vi(table)
+        merged = {(s.a, s.b) for s in decided if s.merge}
+        rows.append(
+            {
+                "merge_iou": iou,
+                "min_consistency": consistency,
+                "max_deleted": deleted,
+                "large_segment_voxels": large,
+                "min_bridge_fraction": bridge,
+                "pairs_merged": len(merged),
+                "wrong_pairs": sum(
+                    not (majority[a] and majority[a] == majority[b]) for a, b in merged
+                ),
+                "vi_split_gain": round(base_split - split, 4),
+                "vi_merge_change": round(merge - base_merge, 4),
+                "erl_nm": round(erl(table), 1),
+            }
+        )
+    meeting = [
+        r
+        for r in rows
+        if r["vi_split_gain"] >= 0.2 and r["vi_merge_change"] <= 0.05 and r["erl_nm"] > base_erl
+    ]
+    up = [r for r in rows if r["erl_nm"] > base_erl]
+    out = {
+        "settings": len(rows),
+        "meeting_criterion": meeting,
+        "defaults": rows[0],
+        "highest_erl": max(rows, key=lambda r: (r["erl_nm"], r["vi_split_gain"])),
+        "largest_gain_with_erl_up": max(up, key=lambda r: r["vi_split_gain"]) if up else None,
+    }
+    print(
+        f"threshold sweep on {pairs_csv}: {len(rows)} settings, {len(meeting)} meet the criterion"
+    )
+    for key in ("defaults", "highest_erl", "largest_gain_with_erl_up"):
+        print(f"  {key}: {json.dumps(out[key])}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("segmentation_h5")
@@ -84,6 +166,7 @@ def main() -> None:
     parser.add_argument("--min-segment-voxels", type=int, default=1000)
     parser.add_argument("--min-gain", type=float, default=0.2, help="VI split gain, bits")
     parser.add_argument("--skeletons", help="pickle of {object id: Skeleton} (nm, z, y, x)")
+    parser.add_argument("--pairs", help="agglomeration_pairs.csv scored on SEG.h5")
     args = parser.parse_args()
     res = tuple(args.resolution_nm)
     with h5py.File(args.segmentation_h5, "r") as f:
@@ -184,11 +267,12 @@ def main() -> None:
         print(f"no merge set of the candidates gains {args.min_gain} bits of VI split")
     verdict = bool(best and best["erl_nm"] >= base_erl and best["vi_merge_change"] <= 0.05)
     print(f"criterion reachable by the search: {verdict}")
+    sweep = threshold_sweep(args.pairs, size, majority, vi, erl, base_split, base_merge, base_erl)
     print(
         json.dumps(
             {"before": {"vi_split": base_split, "vi_merge": base_merge, "erl_nm": base_erl},
              "candidates": len(candidates), "rows": rows, "search": best,
-             "criterion_reached": verdict}
+             "criterion_reached": verdict, "threshold_sweep": sweep}
         )
     )  # fmt: skip
 
