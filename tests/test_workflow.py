@@ -96,7 +96,13 @@ def test_user_dataset_runs_end_to_end(tmp_path, tiny_em):
     block = results / "blocks" / "z0_y0_x0"
     assert (block / "benchmarks" / "segment_ffn.tsv").is_file()
     assert (block / "logs" / "segment_ffn.log").is_file()
-    assert (results / "segmentation.precomputed" / "info").is_file()
+    layer = results / "segmentation.precomputed"
+    assert json.loads((layer / "info").read_text())["segment_properties"] == "segment_properties"
+    properties = json.loads((layer / "segment_properties" / "info").read_text())["inline"]
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    assert properties["ids"] == [str(i) for i in ids]
+    assert properties["properties"][0]["id"] == "voxels"
+    assert properties["properties"][0]["values"] == counts.tolist()
     check_report(work, config, targets)
     # A second run has nothing to do.
     again = snakemake(work, config, *targets)

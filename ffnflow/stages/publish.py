@@ -2,11 +2,13 @@
 
 The precomputed layer carries, next to the labels, a mesh (zmesh marching cubes,
 simplified) and a skeleton (kimimaro TEASAR) of every segment, so Neuroglancer shows the
-segments in 3D.
+segments in 3D, and segment properties (voxels, volume in µm³), so that its segment list
+can be sorted and filtered by size (e.g. the largest segments first, for proofreading).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -53,10 +55,12 @@ def run_publish(
         url = write_precomputed_by_blocks(
             config, source, tmp, dataset.resolution_nm, "segmentation", np.uint64, offset
         )
+        labels = source.read()
         n_meshes, n_skeletons = add_meshes_and_skeletons(
-            url, source.read(), dataset.resolution_nm, offset_zyx=offset
+            url, labels, dataset.resolution_nm, offset_zyx=offset
         )
-    log.info("%d meshes and %d skeletons", n_meshes, n_skeletons)
+        n_properties = add_segment_properties(url, labels, dataset.resolution_nm)
+    log.info("%d meshes, %d skeletons, %d segment properties", n_meshes, n_skeletons, n_properties)
     log.info("published %s -> %s and %s", source_h5, segmentation_h5, precomputed_dir)
 
 
@@ -141,3 +145,46 @@ def add_meshes_and_skeletons(
     if skeletons:
         cv.skeleton.upload(list(skeletons.values()))
     return len(meshes), len(skeletons)
+
+
+def add_segment_properties(
+    url: str, labels: np.ndarray, resolution_nm: tuple[float, float, float]
+) -> int:
+    """Write Neuroglancer segment properties (``voxels``, ``volume_um3``) of every segment
+    of ``labels`` (the layer's content, z, y, x) into the precomputed segmentation layer at
+    ``url`` (its info then names them); returns how many segments."""
+    import fastremap
+
+    ids, counts = fastremap.unique(np.asarray(labels), return_counts=True)
+    keep = ids != 0
+    ids, counts = ids[keep], counts[keep]
+    voxel_um3 = float(np.prod(resolution_nm)) * 1e-9
+    properties = {
+        "@type": "neuroglancer_segment_properties",
+        "inline": {
+            "ids": [str(int(i)) for i in ids],
+            "properties": [
+                {
+                    "id": "voxels",
+                    "type": "number",
+                    "data_type": "uint32" if counts.max(initial=0) < 2**32 else "float32",
+                    "description": "voxel count",
+                    "values": [int(c) for c in counts],
+                },
+                {
+                    "id": "volume_um3",
+                    "type": "number",
+                    "data_type": "float32",
+                    "description": "volume, µm³",
+                    "values": [round(float(c) * voxel_um3, 6) for c in counts],
+                },
+            ],
+        },
+    }
+    root = Path(url.removeprefix("precomputed://file://"))
+    (root / "segment_properties").mkdir(exist_ok=True)
+    (root / "segment_properties" / "info").write_text(json.dumps(properties))
+    info = json.loads((root / "info").read_text())
+    info["segment_properties"] = "segment_properties"
+    (root / "info").write_text(json.dumps(info))
+    return len(ids)
