@@ -84,7 +84,7 @@ def union(pairs: Iterable[tuple[int, int]]) -> dict[int, int]:
     uf = UnionFind()
     for a, b in pairs:
         uf.union(a, b)
-    return {k: uf.find(k) for k in list(uf.parent)}
+    return uf.representatives()
 
 
 def best_merge_set(

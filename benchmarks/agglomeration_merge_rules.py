@@ -112,7 +112,7 @@ def main() -> None:
         uf = UnionFind()
         for a, b in one_neuron:
             uf.union(a, b)
-        m = measure(apply_merges(seg, {k: uf.find(k) for k in list(uf.parent)}))
+        m = measure(apply_merges(seg, uf.representatives()))
         oracle = {
             "points": subset,
             "oracle_pairs": len(one_neuron),

@@ -79,7 +79,7 @@ def main() -> None:
         uf = UnionFind()
         for a, b in pairs:
             uf.union(a, b)
-        return apply_merges(seg, {k: uf.find(k) for k in list(uf.parent)})
+        return apply_merges(seg, uf.representatives())
 
     def one_neuron(a: int, b: int) -> bool:
         return bool(majority[a]) and majority[a] == majority[b]

@@ -74,7 +74,7 @@ def main() -> None:
         "ffn": ffn,
         "cleaned": seg,
         "agglomerated": apply_merges(seg, table),
-        "oracle": apply_merges(seg, {k: uf.find(k) for k in list(uf.parent)}),
+        "oracle": apply_merges(seg, uf.representatives()),
     }
     skeletons = skeletonize(gt[part], tuple(args.resolution_nm))
     out: dict = {

@@ -68,7 +68,7 @@ def main() -> None:
         same = {(a, b) for a, b in pairs if majority[a] and majority[a] == majority[b]}
         for a, b in same:
             uf.union(a, b)
-        merged = apply_merges(labels, {k: uf.find(k) for k in list(uf.parent)})
+        merged = apply_merges(labels, uf.representatives())
         return {"pairs": len(pairs), "one_neuron_pairs": len(same), **measure(merged)}
 
     rows = {}

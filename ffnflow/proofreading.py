@@ -29,13 +29,17 @@ from ffnflow.stitch import UnionFind
 __all__ = ["apply_equivalences", "merge_edges", "merged_groups", "state_equivalences"]
 
 
-def _groups(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
+def _union(pairs: Iterable[tuple[int, int]]) -> UnionFind:
     uf = UnionFind()
     for a, b in pairs:
         uf.union(int(a), int(b))
+    return uf
+
+
+def _groups(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
     members: dict[int, list[int]] = {}
-    for k in list(uf.parent):
-        members.setdefault(uf.find(k), []).append(k)
+    for k, root in _union(pairs).representatives().items():
+        members.setdefault(root, []).append(k)
     return sorted(sorted(g) for g in members.values() if len(g) > 1)
 
 
@@ -121,7 +125,4 @@ def apply_equivalences(supervoxels: np.ndarray, groups: Iterable[Iterable[int]])
     if any(0 in g for g in groups if len(g) > 1):
         raise InputError("equivalences merge segment 0 (unlabelled voxels) with a segment")
     pairs = [(g[0], v) for g in groups for v in g[1:]]
-    table = {}
-    for group in _groups(pairs):
-        table.update({v: group[0] for v in group})
-    return apply_merges(supervoxels, table)
+    return apply_merges(supervoxels, _union(pairs).representatives())

@@ -435,7 +435,7 @@ def merge_table(
         uf.union(s.a, s.b)
         group_voxels[uf.find(s.a)] = va + vb
         applied.add(i)
-    table = {k: uf.find(k) for k in list(uf.parent)}
+    table = uf.representatives()
     decided = [replace(s, merge=i in applied) for i, s in enumerate(scores)]
     return table, decided
 

@@ -31,6 +31,10 @@ class UnionFind:
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
+    def representatives(self) -> dict[int, int]:
+        """Every id seen -> the smallest id of its set."""
+        return {k: self.find(k) for k in list(self.parent)}
+
 
 def overlap_matches(
     labels_a: np.ndarray,
