@@ -3,7 +3,8 @@
 A location is a TensorStore key-value store URL: ``file:///abs/path``, ``gs://bucket/path``,
 ``s3://bucket/path``, ``https://host/path`` (``memory://`` in tests). It names either an
 array or an OME-Zarr group (``.zattrs`` / ``zarr.json`` with ``multiscales``), whose first
-(full-resolution) dataset is then read.
+(full-resolution) dataset is then read. An array that its parent group lists as a level
+takes that level's axes and scale.
 
 Axis order: named axes are used when the data has them (OME-Zarr ``axes``, zarr v3
 ``dimension_names``, N5 ``axes``); otherwise a zarr array is taken as (..., z, y, x), the
@@ -129,11 +130,11 @@ def _axis_names(axes: Any) -> list[str] | None:
     return [str(n).lower() for n in names] if all(isinstance(n, str) for n in names) else None
 
 
-def _ome_resolution(multiscale: dict, names: list[str]) -> tuple[float, ...] | None:
-    """nm per stored dimension of the first dataset, or None without spatial units."""
+def _ome_resolution(multiscale: dict, names: list[str], level: int) -> tuple[float, ...] | None:
+    """nm per stored dimension of dataset ``level``, or None without spatial units."""
     axes = multiscale.get("axes") or []
     scale = [1.0] * len(names)
-    transforms = list(multiscale["datasets"][0].get("coordinateTransformations") or [])
+    transforms = list(multiscale["datasets"][level].get("coordinateTransformations") or [])
     transforms += list(multiscale.get("coordinateTransformations") or [])
     for t in transforms:
         if (
@@ -179,6 +180,26 @@ def _n5_pixel_resolution(attrs: dict | None, rank: int) -> tuple[float, ...] | N
     return tuple(float(d) * _NM_PER_UNIT[unit] for d in dims)
 
 
+def _parent_level(location: str) -> tuple[dict | None, int]:
+    """The OME-Zarr multiscale of the group above the array at ``location`` and the
+    array's level in it, or (None, 0) when the parent is no such group or does not list it."""
+    parent, _, leaf = location.rstrip("/").rpartition("/")
+    if not parent or parent.endswith(":/"):
+        return None, 0
+    try:
+        kvstore = _kvstore(parent)
+        attrs = (_read_json(kvstore, "zarr.json") or {}).get("attributes") or _read_json(
+            kvstore, ".zattrs"
+        )
+    except Exception:  # an unreadable parent (e.g. a bucket's root): not a group we can use
+        return None, 0
+    multiscale = _ome_multiscale(attrs)
+    for level, dataset in enumerate((multiscale or {}).get("datasets") or []):
+        if isinstance(dataset, dict) and str(dataset.get("path", "")).strip("/") == leaf:
+            return multiscale, level
+    return None, 0
+
+
 def open_chunked_array(fmt: Format, location: str, name: str | None = None) -> ChunkedArray:
     """Open the zarr or N5 array (or OME-Zarr group) at ``location`` (a TensorStore
     key-value store URL) as a (z, y, x) volume; ``name`` is how errors call it."""
@@ -211,8 +232,12 @@ def open_chunked_array(fmt: Format, location: str, name: str | None = None) -> C
                     )
                 path = str(multiscale["datasets"][0]["path"]).strip("/")
                 array_location = f"{array_location}/{path}"
-                names = _axis_names(multiscale.get("axes"))
                 v3 = _read_json(_kvstore(array_location), "zarr.json")
+                level = 0
+            else:  # an array: a level of an OME-Zarr group when its parent lists it
+                multiscale, level = _parent_level(array_location)
+            if multiscale is not None:
+                names = _axis_names(multiscale.get("axes"))
             driver = "zarr3" if v3 is not None else "zarr"
         else:
             driver = "n5"
@@ -257,7 +282,7 @@ def open_chunked_array(fmt: Format, location: str, name: str | None = None) -> C
             "needs a single-channel 3D volume"
         )
     if multiscale is not None and names is not None:
-        res = _ome_resolution(multiscale, names)
+        res = _ome_resolution(multiscale, names, level)
     elif fmt == "n5":
         res = _units_resolution(store) or _n5_pixel_resolution(
             _read_json(_kvstore(array_location), "attributes.json"), rank

@@ -106,8 +106,8 @@ def test_zarr_and_n5_read_as_zyx_volumes(tmp_path, monkeypatch):
     ome = open_volume(f"{tmp_path}/ome.zarr")
     assert ome.shape == (6, 7, 9) and np.allclose(ome.resolution_nm, (30, 8, 8))
     np.testing.assert_array_equal(ome.read(box), expect)
-    level1 = open_volume(f"{tmp_path}/ome.zarr/1")  # an array of the group, by its path
-    assert level1.shape == (6, 4, 5) and level1.resolution_nm is None
+    level1 = open_volume(f"{tmp_path}/ome.zarr/1")  # a level of the group, by its path
+    assert level1.shape == (6, 4, 5) and np.allclose(level1.resolution_nm, (30, 16, 16))
     np.testing.assert_array_equal(level1.read(), ZYX[:, ::2, ::2])
 
     # N5 (x, y, z) with resolution and units, and N5 without them.
