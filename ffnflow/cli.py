@@ -25,6 +25,7 @@ Examples (a volume small enough for one block has the block ``z0_y0_x0``)::
     ffnflow view --config config.yaml --dataset demo          # Neuroglancer on localhost
     ffnflow view --config config.yaml --dataset demo --supervoxels   # + agglomeration graph
     ffnflow apply-equivalences --config config.yaml --dataset demo --state edited_link.txt
+    ffnflow export-morphology --config config.yaml --dataset demo --out demo_swc --meshes obj
     ffnflow copy-roi --config my.yaml --dataset cutout --out cutout.h5  # e.g. from a bucket
     ffnflow import-google-weights --npz ffn_fib25_google.npz --out models/ffn_fib25_google.pt
     ffnflow predict-mask --config config.yaml --dataset demo --block z0_y0_x0 --out block_mask.h5
@@ -200,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="HDF5 to write (default RESULTS/proofread.h5)")
 
     p = sub.add_parser(
+        "export-morphology",
+        help="skeletons of the published segments as SWC files (meshes as OBJ/PLY)",
+    )
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="new folder for <id>.swc files")
+    p.add_argument("--results", default=None, help="results directory (default results/NAME)")
+    p.add_argument("--ids", type=int, nargs="+", default=None, help="only these segments")
+    p.add_argument("--meshes", choices=("obj", "ply"), default=None, help="also write meshes")
+
+    p = sub.add_parser(
         "copy-roi",
         help="copy a dataset's volumes within its roi into one HDF5 file (e.g. from a bucket)",
     )
@@ -312,6 +323,7 @@ STAGE4_5_COMMANDS = (
     "extract-graph",
     "view",
     "apply-equivalences",
+    "export-morphology",
 )
 
 
@@ -370,6 +382,21 @@ def _run_stage4_5(args: argparse.Namespace, config: dict) -> None:
 
         results = args.results or f"results/{args.dataset}"
         serve_results(config, args.dataset, results, args.port, args.supervoxels)
+    elif args.command == "export-morphology":
+        from ffnflow.stages.export_morphology import run_export_morphology
+
+        manifest = run_export_morphology(
+            config,
+            args.dataset,
+            args.results or f"results/{args.dataset}",
+            args.out,
+            args.ids,
+            args.meshes,
+        )
+        print(
+            f"wrote {len(manifest['segments'])} skeletons to {args.out} "
+            f"({len(manifest['skipped_without_skeleton'])} segments too small for one)"
+        )
     elif args.command == "apply-equivalences":
         from ffnflow.stages.proofread import run_apply_equivalences
 

@@ -211,7 +211,7 @@ def open_chunked_array(fmt: Format, location: str, name: str | None = None) -> C
         return _arrays[key]
     try:
         kvstore = _kvstore(location)
-        array_location, names, multiscale = location.rstrip("/"), None, None
+        array_location, names, multiscale, level = location.rstrip("/"), None, None, 0
         if fmt == "zarr":
             v3 = _read_json(kvstore, "zarr.json")
             v2_attrs = _read_json(kvstore, ".zattrs")
@@ -233,7 +233,6 @@ def open_chunked_array(fmt: Format, location: str, name: str | None = None) -> C
                 path = str(multiscale["datasets"][0]["path"]).strip("/")
                 array_location = f"{array_location}/{path}"
                 v3 = _read_json(_kvstore(array_location), "zarr.json")
-                level = 0
             else:  # an array: a level of an OME-Zarr group when its parent lists it
                 multiscale, level = _parent_level(array_location)
             if multiscale is not None:
