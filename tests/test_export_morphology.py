@@ -9,11 +9,10 @@ import pytest
 from cloudvolume import CloudVolume, Skeleton
 
 from ffnflow.cli import main
-from ffnflow.config import validate_config
 from ffnflow.errors import InputError
 from ffnflow.stages.export_morphology import run_export_morphology
-from ffnflow.stages.publish import add_meshes_and_skeletons, add_segment_properties
-from ffnflow.volumes import create_precomputed, write_region, write_volume
+from ffnflow.stages.publish import add_segment_properties
+from tests.test_view_report import tiny_results
 
 
 def published(tmp_path, properties: bool = True):
@@ -23,15 +22,8 @@ def published(tmp_path, properties: bool = True):
     labels[2:14, 4:10, 4:28] = 1
     labels[2:14, 14:20, 4:28] = 2
     labels[0, 0, :4] = 3
-    write_volume(f"{tmp_path}/d.h5:raw", labels.astype(np.uint8), (20, 10, 10))
-    config = validate_config(
-        {"datasets": {"d": {"raw": f"{tmp_path}/d.h5:raw", "resolution_nm": [20, 10, 10]}}}
-    )
-    results = tmp_path / "results"
+    config, results, _, _ = tiny_results(tmp_path, labels)
     url = f"precomputed://file://{results}/segmentation.precomputed"
-    create_precomputed(url, labels.shape, np.uint64, (20, 10, 10), "segmentation")
-    write_region(url, labels, (0, 0, 0))
-    assert add_meshes_and_skeletons(url, labels, (20.0, 10.0, 10.0), dust_voxels=10) == (2, 2)
     if properties:
         assert add_segment_properties(url, labels, (20.0, 10.0, 10.0)) == 3
     return config, results

@@ -33,12 +33,14 @@ def test_metrics_table_lists_every_stage():
     assert html.count("<tr>") == 3 and ">ffn<" in html and "1.50" in html  # ERL in µm
 
 
-def tiny_results(tmp_path):
-    """A dataset and a published segmentation with meshes and skeletons."""
+def tiny_results(tmp_path, labels=None):
+    """A dataset and a published segmentation with meshes and skeletons: two slabs, or
+    ``labels`` (16 x 24 x 32, z, y, x) whose segments 1 and 2 are the ones of >= 10 voxels."""
     raw = np.random.default_rng(0).integers(0, 255, (16, 24, 32), dtype=np.uint8)
-    labels = np.zeros(raw.shape, np.uint64)
-    labels[2:14, 4:20, 4:14] = 1
-    labels[2:14, 4:20, 16:30] = 2
+    if labels is None:
+        labels = np.zeros(raw.shape, np.uint64)
+        labels[2:14, 4:20, 4:14] = 1
+        labels[2:14, 4:20, 16:30] = 2
     write_volume(f"{tmp_path}/d.h5:raw", raw, (20, 10, 10))
     write_volume(f"{tmp_path}/seg.h5:labels", labels, (20, 10, 10), "segmentation")
     config = validate_config(
