@@ -26,6 +26,7 @@ Examples (a volume small enough for one block has the block ``z0_y0_x0``)::
     ffnflow view --config config.yaml --dataset demo --supervoxels   # + agglomeration graph
     ffnflow apply-equivalences --config config.yaml --dataset demo --state edited_link.txt
     ffnflow export-morphology --config config.yaml --dataset demo --out demo_swc --meshes obj
+    ffnflow export-zarr --config config.yaml --dataset demo --out demo_seg.ome.zarr
     ffnflow copy-roi --config my.yaml --dataset cutout --out cutout.h5  # e.g. from a bucket
     ffnflow import-google-weights --npz ffn_fib25_google.npz --out models/ffn_fib25_google.pt
     ffnflow predict-mask --config config.yaml --dataset demo --block z0_y0_x0 --out block_mask.h5
@@ -211,6 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meshes", choices=("obj", "ply"), default=None, help="also write meshes")
 
     p = sub.add_parser(
+        "export-zarr", help="a segmentation as an OME-Zarr label image (multiscale, NGFF 0.4)"
+    )
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="new folder, e.g. segmentation.ome.zarr")
+    p.add_argument(
+        "--segmentation",
+        default=None,
+        help="labels HDF5 (default results/NAME/segmentation.h5; any stage's file works)",
+    )
+
+    p = sub.add_parser(
         "copy-roi",
         help="copy a dataset's volumes within its roi into one HDF5 file (e.g. from a bucket)",
     )
@@ -324,6 +336,7 @@ STAGE4_5_COMMANDS = (
     "view",
     "apply-equivalences",
     "export-morphology",
+    "export-zarr",
 )
 
 
@@ -397,6 +410,12 @@ def _run_stage4_5(args: argparse.Namespace, config: dict) -> None:
             f"wrote {len(manifest['segments'])} skeletons to {args.out} "
             f"({len(manifest['skipped_without_skeleton'])} segments too small for one)"
         )
+    elif args.command == "export-zarr":
+        from ffnflow.stages.export_zarr import run_export_zarr
+
+        segmentation = args.segmentation or f"results/{args.dataset}/segmentation.h5"
+        multiscale = run_export_zarr(config, args.dataset, segmentation, args.out)
+        print(f"wrote {args.out}: {len(multiscale['datasets'])} levels")
     elif args.command == "apply-equivalences":
         from ffnflow.stages.proofread import run_apply_equivalences
 
