@@ -3,7 +3,8 @@ napari, webknossos, Neuroglancer and other zarr readers.
 
 The group holds a multiscale pyramid: level 0 is the segmentation; each further level
 takes every second voxel along the finest axes (nearest neighbour: labels are never
-averaged) until the volume is under 64 voxels on every axis or 5 levels are written.
+averaged) until every axis of a level is under 128 voxels (two 64-voxel chunks) or 5
+levels are written.
 Axes z, y, x in nanometres; the scales are the voxel size and the translation places the
 volume at the dataset's ``roi`` offset in the whole raw volume. Written block by block
 (a block of level 0 at a time) into a temporary folder that is renamed when complete.

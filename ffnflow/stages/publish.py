@@ -102,6 +102,7 @@ def add_meshes_and_skeletons(
     """Write meshes and skeletons of every segment (>= ``dust_voxels``) into a precomputed
     segmentation layer at ``url``; ``labels`` is the layer's content (z, y, x), whose voxel
     0 lies at ``offset_zyx`` (the layer's voxel offset)."""
+    import fastremap
     import kimimaro
     import zmesh
     from cloudvolume import CloudVolume, Mesh
@@ -116,7 +117,7 @@ def add_meshes_and_skeletons(
     cv = CloudVolume(url.removeprefix("precomputed://"), progress=False)
     cv.skeleton.meta.commit_info()
 
-    ids, counts = np.unique(labels_xyz, return_counts=True)
+    ids, counts = fastremap.unique(labels_xyz, return_counts=True)
     keep = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= dust_voxels}
     mesher = zmesh.Mesher(res_xyz)
     mesher.mesh(labels_xyz)
